@@ -31,7 +31,7 @@ def _type(node: dict[str, Any]) -> str:
         return f"list of {_type(node['items'])}"
     bounds = []
     if "minimum" in node or "maximum" in node:
-        bounds.append(f"{node.get('minimum', '')}–{node.get('maximum', '')}")
+        bounds.append(f"{node.get('minimum', '')} to {node.get('maximum', '')}")
     if "maxLength" in node:
         bounds.append(f"≤ {node['maxLength']} chars")
     return kind + (f" ({', '.join(bounds)})" if bounds else "")

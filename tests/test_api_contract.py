@@ -22,7 +22,9 @@ JSON_TYPES = {"integer", "string", "boolean", "array", "object", "number"}
 def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     """The model side of a node: `$ref`s followed, `X | None` unwrapped, `const` read as a one-value enum."""
     if "$ref" in node:
-        return _resolve({**defs[node["$ref"].split("/")[-1]], **{k: v for k, v in node.items() if k != "$ref"}}, defs)
+        return _resolve(
+            {**defs[node["$ref"].split("/")[-1]], **{k: v for k, v in node.items() if k != "$ref"}}, defs
+        )
     if "anyOf" in node:
         branches = [b for b in node["anyOf"] if b.get("type") != "null"]
         assert len(branches) == 1, f"unexpected union {node}"
@@ -33,7 +35,9 @@ def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
-def _walk(crd: dict[str, Any], model: dict[str, Any], defs: dict[str, Any], path: str, problems: list[str]) -> None:
+def _walk(
+    crd: dict[str, Any], model: dict[str, Any], defs: dict[str, Any], path: str, problems: list[str]
+) -> None:
     model = _resolve(model, defs)
     crd_type, model_type = crd.get("type"), model.get("type")
     if model_type is None and "enum" in model:
@@ -43,7 +47,9 @@ def _walk(crd: dict[str, Any], model: dict[str, Any], defs: dict[str, Any], path
         return
     for keyword in BOUNDS:
         if crd.get(keyword) != model.get(keyword):
-            problems.append(f"{path}: {keyword} is {crd.get(keyword)!r} in the CRD, {model.get(keyword)!r} in the model")
+            problems.append(
+                f"{path}: {keyword} is {crd.get(keyword)!r} in the CRD, {model.get(keyword)!r} in the model"
+            )
     if sorted(crd.get("enum", [])) != sorted(model.get("enum", [])):
         problems.append(f"{path}: enum {crd.get('enum')} in the CRD, {model.get('enum')} in the model")
     if crd_type == "array":
@@ -56,7 +62,9 @@ def _walk(crd: dict[str, Any], model: dict[str, Any], defs: dict[str, Any], path
                 f"only in the model {sorted(model_fields - crd_fields)}"
             )
         if set(crd.get("required", [])) != set(model.get("required", [])):
-            problems.append(f"{path}: required {crd.get('required')} in the CRD, {model.get('required')} in the model")
+            problems.append(
+                f"{path}: required {crd.get('required')} in the CRD, {model.get('required')} in the model"
+            )
         for name in crd_fields & model_fields:
             _walk(crd["properties"][name], model["properties"][name], defs, f"{path}.{name}", problems)
     elif crd_type == "object" and "additionalProperties" in crd:
@@ -123,7 +131,10 @@ def test_defaults_are_the_design_defaults() -> None:
 def test_walk_reports_drift() -> None:
     # The comparison itself must be able to fail: a bound changed on one side only is reported.
     crd = {"type": "object", "properties": {"a": {"type": "integer", "minimum": 1}}, "required": []}
-    model = {"type": "object", "properties": {"a": {"type": "integer", "minimum": 0}, "b": {"type": "string"}}}
+    model = {
+        "type": "object",
+        "properties": {"a": {"type": "integer", "minimum": 0}, "b": {"type": "string"}},
+    }
     problems: list[str] = []
     _walk(crd, model, {}, "x", problems)
     assert problems == [

@@ -34,9 +34,15 @@ def test_generated_section_matches(section: str) -> None:
 
 def test_every_spec_field_is_in_the_configuration_table() -> None:
     table = GENERATOR.embedded(README, "api-reference")
-    for field in ("spec.timeouts.idleOutputSeconds", "spec.activity.apiEndpoints", "spec.retry.maxRequeues",
-                  "spec.failurePolicy.rules[].onExitCodes.values", "spec.quotaPool", "spec.suspend",
-                  "spec.maxConcurrent"):
+    for field in (
+        "spec.timeouts.idleOutputSeconds",
+        "spec.activity.apiEndpoints",
+        "spec.retry.maxRequeues",
+        "spec.failurePolicy.rules[].onExitCodes.values",
+        "spec.quotaPool",
+        "spec.suspend",
+        "spec.maxConcurrent",
+    ):
         assert f"| `{field}` |" in table
 
 

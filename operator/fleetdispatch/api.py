@@ -87,13 +87,33 @@ def _unique(values: list[Any], what: str) -> list[Any]:
 # --- The pod template -------------------------------------------------------------------------------------
 
 
-class Container(BaseModel):
-    """A container of the template: name and image are checked, every other field is kept as written."""
+Argument = Annotated[str, StringConstraints(max_length=32768)]
 
-    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
+
+class EnvVar(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, strict=True
+    )
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    value: Argument | None = None
+    value_from: dict[str, Any] | None = None
+
+
+class Container(BaseModel):
+    """A container of the template. What the session runs is checked (and, in the CRD, immutable); every
+    other container field is kept as written, for the API server to check when the pod is created."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="allow", frozen=True, strict=True
+    )
 
     name: DnsLabel
     image: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    command: Annotated[list[Argument], Field(max_length=256)] | None = None
+    args: Annotated[list[Argument], Field(max_length=256)] | None = None
+    working_dir: Annotated[str, StringConstraints(max_length=4096)] | None = None
+    env: Annotated[list[EnvVar], Field(max_length=256)] | None = None
 
 
 class Volume(BaseModel):
@@ -347,11 +367,11 @@ class QuotaPoolStatus(_Status):
 
 
 class InvalidSpec(ValueError):
-    """A spec the operator cannot act on; the message names the fields and the fix, for a Stalled condition."""
+    """A spec the operator cannot act on; its message names the fields and the fix (for `Stalled`)."""
 
 
 def describe(error: ValidationError, prefix: str = "spec") -> str:
-    """One line per problem, each naming the field as `kubectl explain` would (`spec.timeouts.pollSeconds`)."""
+    """One clause per problem, each naming the field as `kubectl explain` would (`spec.timeouts`)."""
     lines = []
     for item in error.errors(include_url=False):
         path = prefix

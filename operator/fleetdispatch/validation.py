@@ -38,7 +38,7 @@ def crds() -> dict[str, dict[str, Any]]:
 
 @dataclass(frozen=True)
 class Verdict:
-    """What became of one manifest: `api_errors` as the API server words them, `model_error` as the operator."""
+    """One manifest judged: `api_errors` as the API server words them, `model_error` as the operator."""
 
     kind: str
     name: str
@@ -59,7 +59,7 @@ class Verdict:
 
 
 def check(manifest: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> Verdict:
-    """Admit `manifest` (an update of `old`, if given) as the API server would, then parse it as the operator."""
+    """Admit `manifest` (updating `old`, if given) as the API server would; read it as the operator does."""
     kind = str(manifest.get("kind", ""))
     name = str((manifest.get("metadata") or {}).get("name", ""))
     group = str(manifest.get("apiVersion", "")).partition("/")[0]
@@ -67,7 +67,8 @@ def check(manifest: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> 
         return Verdict(kind=kind or "?", name=name, skipped=True)
     defaulted, errors = admission.admit(crds()[kind], manifest, old)
     try:
-        _parse(kind, defaulted, old)
+        # The manifest as written, not as admitted: the models must refuse what the API server prunes.
+        _parse(kind, manifest, old)
         model_error = None
     except api.InvalidSpec as error:
         model_error = str(error)
