@@ -6,6 +6,7 @@ once through `admission` (which also applies defaults and CEL rules as the API s
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +70,27 @@ def test_validate_command_accepts_the_examples(capsys: pytest.CaptureFixture[str
     assert cli.main(["validate", str(ROOT / "examples")]) == 0
     out = capsys.readouterr().out
     assert f"{len(OURS)} fleet.dispatch.dev manifests checked, 0 invalid" in out
+
+
+def test_validate_reads_standard_input_and_reports_what_the_api_server_would(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # `kubectl kustomize dir | fleetdispatch validate -`, as a GitOps pipeline would run it.
+    manifest = (ROOT / "examples" / "minimal.yaml").read_text(encoding="utf-8")
+    broken = manifest.replace("name: session", "name: fleet-supervisor")
+    stdin = io.StringIO(f"{manifest}---\n{broken.replace('name: hello', 'name: broken')}")
+    assert cli.validate(["-"], stdin=stdin) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "-: FleetDispatch 'hello' is valid"
+    assert out[1] == (
+        '-: The FleetDispatch "broken" is invalid: spec.template.spec.containers: Invalid value: "array": '
+        "the container name 'fleet-supervisor' is reserved for the injected supervisor sidecar"
+    )
+    assert out[-1] == "2 fleet.dispatch.dev manifests checked, 1 invalid"
+
+
+def test_validate_reports_unreadable_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "bad.yaml").write_text("a: [unclosed\n", encoding="utf-8")
+    assert cli.main(["validate", str(tmp_path / "bad.yaml"), str(tmp_path / "missing.yaml")]) == 1
+    out = capsys.readouterr().out
+    assert "bad.yaml: cannot read:" in out and "missing.yaml: cannot read:" in out

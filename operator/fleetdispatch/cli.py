@@ -18,22 +18,31 @@ from fleetdispatch import __version__, validation
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 
 
-def _manifest_files(paths: Sequence[str]) -> Iterator[Path]:
+STDIN = "-"
+
+
+def _manifest_files(paths: Sequence[str]) -> Iterator[str]:
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.suffix in MANIFEST_SUFFIXES and p.is_file())
+        if raw != STDIN and path.is_dir():
+            yield from sorted(
+                str(p) for p in path.rglob("*") if p.suffix in MANIFEST_SUFFIXES and p.is_file()
+            )
         else:
-            yield path
+            yield raw
 
 
-def validate(paths: Sequence[str], out: TextIO | None = None) -> int:
-    """Check every fleet.dispatch.dev manifest under `paths`; 0 when all are valid, 1 otherwise."""
+def _read(file: str, stdin: TextIO) -> str:
+    return stdin.read() if file == STDIN else Path(file).read_text(encoding="utf-8")
+
+
+def validate(paths: Sequence[str], out: TextIO | None = None, stdin: TextIO | None = None) -> int:
+    """Check every fleet.dispatch.dev manifest under `paths` (`-` is standard input); 0 when all are valid."""
     write = (out or sys.stdout).write
     checked = invalid = 0
     for file in _manifest_files(paths):
         try:
-            documents = list(validation.documents(file.read_text(encoding="utf-8")))
+            documents = list(validation.documents(_read(file, stdin or sys.stdin)))
         except (OSError, ValueError) as error:
             write(f"{file}: cannot read: {error}\n")
             invalid += 1
@@ -62,7 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "validate",
         help="check FleetDispatch and QuotaPool manifests offline, as the API server and operator would",
     )
-    check.add_argument("paths", nargs="+", help="manifest files or folders (searched for *.yaml, *.yml)")
+    check.add_argument(
+        "paths",
+        nargs="+",
+        help="manifest files, folders (searched for *.yaml, *.yml), or - for standard input",
+    )
     args = parser.parse_args(argv)
     if args.command == "validate":
         return validate(args.paths)

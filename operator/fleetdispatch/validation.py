@@ -12,7 +12,7 @@ Deliberately not here: reading files or printing (the command line does that), a
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -87,8 +87,9 @@ def _parse(kind: str, obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> 
         api.check_update(api.parse_spec(old.get("spec")), spec)
 
 
-def documents(text: str) -> Iterator[Mapping[str, Any]]:
-    """The non-empty YAML documents of a file."""
-    for document in yaml.safe_load_all(text):
-        if isinstance(document, Mapping):
-            yield document
+def documents(text: str) -> list[Mapping[str, Any]]:
+    """The YAML documents of a file that are objects; `ValueError` when it is not YAML."""
+    try:
+        return [document for document in yaml.safe_load_all(text) if isinstance(document, Mapping)]
+    except yaml.YAMLError as error:
+        raise ValueError(f"not valid YAML: {error}".replace("\n", " ")) from None
