@@ -53,9 +53,7 @@ def test_campaign_kustomization_lists_existing_dispatches() -> None:
     kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text(encoding="utf-8"))
     listed = set(kustomization["resources"])
     assert listed == {p.name for p in folder.glob("*.yaml")} - {"kustomization.yaml"}
-    kinds = [
-        next(validation.documents((folder / name).read_text(encoding="utf-8")))["kind"] for name in listed
-    ]
+    kinds = [validation.documents((folder / name).read_text(encoding="utf-8"))[0]["kind"] for name in listed]
     assert sorted(kinds) == ["FleetDispatch"] * 3 + ["QuotaPool"]
     pools = {
         doc["spec"].get("quotaPool")
