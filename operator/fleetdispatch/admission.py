@@ -248,18 +248,8 @@ def _go_sharp(value: object) -> str:
 
 
 def _go_value(value: object) -> str:
-    """How field.Error.ErrorBody prints a bad value."""
-    if value is None:
-        return '"null"'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return _go_float(value)
-    if isinstance(value, str):
-        return _go_quote(value)
-    return _go_sharp(value)
+    """How field.Error.ErrorBody prints a bad value: like %#v, except that null reads "null"."""
+    return '"null"' if value is None else _go_sharp(value)
 
 
 def _go_json(value: object) -> str:
