@@ -92,3 +92,18 @@ def test_validate_reports_unreadable_files(tmp_path: Path, capsys: pytest.Captur
     assert cli.main(["validate", str(tmp_path / "bad.yaml"), str(tmp_path / "missing.yaml")]) == 1
     out = capsys.readouterr().out
     assert "bad.yaml: cannot read:" in out and "missing.yaml: cannot read:" in out
+
+
+def test_a_manifest_of_the_wrong_shape_is_refused_not_a_crash() -> None:
+    for broken in (
+        {"apiVersion": "fleet.dispatch.dev/v1alpha1", "kind": "FleetDispatch", "metadata": "x", "spec": []},
+        {"apiVersion": "fleet.dispatch.dev/v1alpha1", "kind": "FleetDispatch"},
+        {
+            "apiVersion": "fleet.dispatch.dev/v1alpha1",
+            "kind": "QuotaPool",
+            "metadata": {"name": "p"},
+            "spec": 3,
+        },
+    ):
+        verdict = validation.check(broken)
+        assert not verdict.valid and verdict.api_errors and verdict.model_error

@@ -61,7 +61,7 @@ class Verdict:
 def check(manifest: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> Verdict:
     """Admit `manifest` (updating `old`, if given) as the API server would; read it as the operator does."""
     kind = str(manifest.get("kind", ""))
-    name = str((manifest.get("metadata") or {}).get("name", ""))
+    name = _name(manifest)
     group = str(manifest.get("apiVersion", "")).partition("/")[0]
     if group != api.GROUP or kind not in crds():
         return Verdict(kind=kind or "?", name=name, skipped=True)
@@ -81,10 +81,15 @@ def _parse(kind: str, obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> 
     if kind == "QuotaPool":
         api.parse_quota_pool_spec(obj.get("spec"))
         return
-    api.check_name(str((obj.get("metadata") or {}).get("name", "")))
+    api.check_name(_name(obj))
     spec = api.parse_spec(obj.get("spec"))
     if old is not None:
         api.check_update(api.parse_spec(old.get("spec")), spec)
+
+
+def _name(obj: Mapping[str, Any]) -> str:
+    metadata = obj.get("metadata")
+    return str(metadata.get("name", "")) if isinstance(metadata, Mapping) else ""
 
 
 def documents(text: str) -> list[Mapping[str, Any]]:
