@@ -989,18 +989,8 @@ def _cel_dyn(value: Any) -> Any:
 
 def _to_cel(schema: Schema, value: Any, *, root: bool = False) -> Any:
     """A value as a CEL rule on ``schema`` sees it: declared properties only, escaped names, typed numbers."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return celtypes.BoolType(value)
-    if isinstance(value, int):
-        if _schema_type(schema) == "number":
-            return celtypes.DoubleType(float(value))
-        return celtypes.IntType(value)
-    if isinstance(value, float):
-        return celtypes.DoubleType(value)
-    if isinstance(value, str):
-        return celtypes.StringType(value)
+    if isinstance(value, int) and not isinstance(value, bool) and _schema_type(schema) == "number":
+        return celtypes.DoubleType(float(value))  # a JSON 1 in a `number` field is a CEL double
     if isinstance(value, list):
         items = _mapping(schema.get("items"))
         return celtypes.ListType([_to_cel(items, v) for v in value])
@@ -1447,22 +1437,22 @@ _LABEL_MESSAGE: Final = (
 )
 
 
-def _dns1123_subdomain(value: str) -> list[str]:
+def _dns1123(value: str, pattern: str, limit: int, message: str) -> list[str]:
+    """apimachinery's IsDNS1123Subdomain/IsDNS1123Label: the length problem, then the pattern problem."""
     problems = []
-    if len(value) > 253:
-        problems.append("must be no more than 253 characters")
-    if not re.fullmatch(_DNS1123_SUBDOMAIN, value):
-        problems.append(_SUBDOMAIN_MESSAGE)
+    if len(value) > limit:
+        problems.append(f"must be no more than {limit} characters")
+    if not re.fullmatch(pattern, value):
+        problems.append(message)
     return problems
+
+
+def _dns1123_subdomain(value: str) -> list[str]:
+    return _dns1123(value, _DNS1123_SUBDOMAIN, 253, _SUBDOMAIN_MESSAGE)
 
 
 def _dns1123_label(value: str) -> list[str]:
-    problems = []
-    if len(value) > 63:
-        problems.append("must be no more than 63 characters")
-    if not re.fullmatch(_DNS1123_LABEL, value):
-        problems.append(_LABEL_MESSAGE)
-    return problems
+    return _dns1123(value, _DNS1123_LABEL, 63, _LABEL_MESSAGE)
 
 
 def _mask_trailing_dash(name: str) -> str:
