@@ -328,3 +328,19 @@ def test_strategic_merge_merges_named_lists() -> None:
     assert patches.apply(patches.STRATEGIC, target, patch) == {
         "containers": [{"name": "a", "image": "1"}, {"name": "b", "image": "2"}]
     }
+
+
+def test_status_writes_are_validated_against_the_status_schema() -> None:
+    store, kind = _store()
+    store.create(kind, "default", _dispatch())
+    error = _error(
+        store.patch,
+        kind,
+        "default",
+        "demo",
+        patches.MERGE,
+        {"status": {"phase": "Bogus"}},
+        subresource="status",
+    )
+    assert error.code == 422
+    assert 'status.phase: Unsupported value: "Bogus"' in error.message

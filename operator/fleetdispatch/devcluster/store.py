@@ -200,6 +200,7 @@ class Store:
         self._uids: dict[str, tuple[ResourceType, str, str]] = {}
         self._history: deque[Change] = deque(maxlen=history)
         self._subscriptions: dict[StoreKey, set[Subscription]] = {}
+        self._spec_unchanged_crds: dict[StoreKey, Mapping[str, Any]] = {}
         for kind in BUILTINS:
             self.register(kind)
         for name in DEFAULT_NAMESPACES:
@@ -212,6 +213,7 @@ class Store:
 
     def register(self, kind: ResourceType) -> None:
         self._types[(kind.group, kind.version, kind.plural)] = kind
+        self._spec_unchanged_crds.pop(kind.key, None)
         self._objects.setdefault(kind.key, {})
 
     def kinds(self) -> list[ResourceType]:
@@ -470,7 +472,12 @@ class Store:
                     [admission.FieldError("spec.containers", admission.REQUIRED, "")],
                 )
             return obj, ()
-        stored, errors = admission.admit(kind.crd, obj, old, strict=True)
+        crd = kind.crd
+        if old is not None and _spec_part(obj) == _spec_part(old):
+            # Ratcheting (Kubernetes 1.30+): rules over fields an update leaves unchanged are not enforced
+            # again. Skipping the unchanged spec keeps status writes, the operator's main traffic, cheap.
+            crd = self._spec_unchanged_crds.get(kind.key) or self._without_spec_validation(kind)
+        stored, errors = admission.admit(crd, obj, old, strict=True)
         unknown = [str(error) for error in errors if error.kind == admission.UNKNOWN_FIELD]
         invalid = [error for error in errors if error.kind != admission.UNKNOWN_FIELD]
         if unknown and field_validation == STRICT:
@@ -483,6 +490,16 @@ class Store:
         # Pruning keeps the server's metadata; admission returns fresh containers, so re-attach ours.
         stored["metadata"] = obj["metadata"]
         return stored, tuple(unknown) if field_validation == WARN else ()
+
+    def _without_spec_validation(self, kind: ResourceType) -> Mapping[str, Any]:
+        assert kind.crd is not None
+        crd = copy.deepcopy(dict(kind.crd))
+        for version in crd["spec"]["versions"]:
+            properties = version["schema"]["openAPIV3Schema"].get("properties", {})
+            if "spec" in properties:
+                properties["spec"] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+        self._spec_unchanged_crds[kind.key] = crd
+        return crd
 
     def _prepare_builtin(self, kind: ResourceType, obj: Object) -> None:
         if kind == PODS:
