@@ -15,9 +15,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-## The main job: validate every example manifest offline, exactly as the API server would admit it.
-demo: $(STAMP)
-	$(BIN)/fleetdispatch validate examples/
+## The main job: the dev cluster (a Kubernetes API and a pod runtime) on this machine, until Ctrl-C.
+demo: $(STAMP) tools
+	$(BIN)/fleetdispatch dev --kubeconfig fleetdispatch-dev.kubeconfig
 
 ## The whole suite: lint, types, tests.
 test: lint typecheck unit

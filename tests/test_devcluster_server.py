@@ -106,7 +106,7 @@ async def test_create_patch_status_and_list_with_selectors(http: aiohttp.ClientS
     assert [item["metadata"]["name"] for item in listed["items"]] == ["a"]
     status, listed = await _get(http, f"{DISPATCHES}?fieldSelector=metadata.name%3Db")
     assert [item["metadata"]["name"] for item in listed["items"]] == ["b"]
-    status, table = await _get(http, DISPATCHES, Accept="application/json;as=Table;v=v1;g=meta.k8s.io")
+    _status, table = await _get(http, DISPATCHES, Accept="application/json;as=Table;v=v1;g=meta.k8s.io")
     assert table["kind"] == "Table"
     assert [column["name"] for column in table["columnDefinitions"]][:3] == ["Name", "Phase", "Attempt"]
     assert table["rows"][0]["cells"][:2] == ["a", "Running"]
@@ -152,16 +152,15 @@ async def test_watch_resumes_from_a_resource_version_and_times_out(http: aiohttp
 
 
 async def test_watch_from_a_forgotten_version_sends_a_410_error_event() -> None:
-    async with ApiServer(Store(history=2)) as small:
-        async with aiohttp.ClientSession(base_url=small.url) as client:
-            for index in range(5):
-                body = {"metadata": {"name": f"cm{index}"}, "data": {}}
-                async with client.post("/api/v1/namespaces/default/configmaps", json=body):
-                    pass
-            async with client.get(
-                "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=5"
-            ) as watch:
-                [error] = [json.loads(line) for line in (await watch.text()).splitlines()]
+    async with ApiServer(Store(history=2)) as small, aiohttp.ClientSession(base_url=small.url) as client:
+        for index in range(5):
+            body = {"metadata": {"name": f"cm{index}"}, "data": {}}
+            async with client.post("/api/v1/namespaces/default/configmaps", json=body):
+                pass
+        async with client.get(
+            "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=5"
+        ) as watch:
+            [error] = [json.loads(line) for line in (await watch.text()).splitlines()]
     assert error["type"] == "ERROR"
     assert error["object"]["code"] == 410
 

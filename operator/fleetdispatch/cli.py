@@ -63,6 +63,20 @@ def validate(paths: Sequence[str], out: TextIO | None = None, stdin: TextIO | No
     return 1 if invalid else 0
 
 
+def run_dev(kubeconfig: Path, port: int, runtime: str) -> int:
+    """``fleetdispatch dev``: serve the dev cluster until Ctrl-C or SIGTERM."""
+    import asyncio
+
+    from fleetdispatch.devcluster import stack
+
+    def announce(line: str) -> None:
+        print(line, flush=True)
+
+    mode: stack.RuntimeMode = "instant" if runtime == "instant" else "local"
+    asyncio.run(stack.serve(kubeconfig_path=kubeconfig, port=port, runtime=mode, announce=announce))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fleetdispatch", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"fleetdispatch {__version__}")
@@ -76,9 +90,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         nargs="+",
         help="manifest files, folders (searched for *.yaml, *.yml), or - for standard input",
     )
+    dev = commands.add_parser(
+        "dev",
+        help="run a local dev cluster: a Kubernetes API and a pod runtime, in memory, for kubectl and tests",
+    )
+    dev.add_argument(
+        "--kubeconfig",
+        default="fleetdispatch-dev.kubeconfig",
+        help="where to write the kubeconfig for kubectl (default: %(default)s)",
+    )
+    dev.add_argument(
+        "--port", type=int, default=0, help="the API server's port on 127.0.0.1 (0: any free port)"
+    )
+    dev.add_argument(
+        "--runtime",
+        choices=("local", "instant"),
+        default="local",
+        help="local: run pods' commands as processes; instant: complete pods at once (for benchmarks)",
+    )
     args = parser.parse_args(argv)
     if args.command == "validate":
         return validate(args.paths)
+    if args.command == "dev":
+        return run_dev(Path(args.kubeconfig), args.port, args.runtime)
     parser.error(f"unknown command {args.command!r}")
     return 2
 

@@ -1,0 +1,157 @@
+"""The dev cluster as kubectl sees it: the kubectl installed from PyPI by `make tools`, over real HTTP."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fleetdispatch.devcluster.stack import BackgroundCluster
+
+ROOT = Path(__file__).resolve().parent.parent
+KUBECTL = ROOT / ".tools" / "bin" / "kubectl"
+
+pytestmark = pytest.mark.skipif(
+    not KUBECTL.exists() and not os.environ.get("CI"), reason="kubectl not installed: run `make tools`"
+)
+
+RUNNING_POD = """
+apiVersion: v1
+kind: Pod
+metadata: {name: %(name)s}
+spec:
+  restartPolicy: Never
+  containers:
+    - name: main
+      image: busybox
+      command: [sh, -c, "echo hello from %(name)s; %(then)s"]
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[BackgroundCluster]:
+    with BackgroundCluster(crds=[], bookmark_seconds=0.5) as running:
+        yield running
+
+
+class Kubectl:
+    def __init__(self, kubeconfig: Path) -> None:
+        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+        self.binary = str(KUBECTL) if KUBECTL.exists() else shutil.which("kubectl") or "kubectl"
+
+    def run(
+        self, *args: str, stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [self.binary, *args],
+            input=stdin,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+        return result
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [self.binary, *args], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+
+@pytest.fixture
+def kubectl(cluster: BackgroundCluster, tmp_path: Path) -> Kubectl:
+    tool = Kubectl(cluster.write_kubeconfig(tmp_path / "kubeconfig"))
+    tool.run("apply", "-f", str(ROOT / "crds"))  # the CRDs registered by POSTing the files (or unchanged)
+    return tool
+
+
+def test_apply_get_and_reapply(kubectl: Kubectl) -> None:
+    created = kubectl.run("apply", "-f", str(ROOT / "examples" / "minimal.yaml"))
+    assert "fleetdispatch.fleet.dispatch.dev/hello" in created.stdout
+    again = kubectl.run("apply", "-f", str(ROOT / "examples" / "minimal.yaml"))
+    assert again.stdout.strip() == "fleetdispatch.fleet.dispatch.dev/hello unchanged"
+    table = kubectl.run("get", "fd", "-o", "wide").stdout.splitlines()
+    assert table[0].split() == [
+        "NAME",
+        "PHASE",
+        "ATTEMPT",
+        "DEADLINE",
+        "REQUEUE-AT",
+        "READY",
+        "AGE",
+        "REASON",
+        "POD",
+    ]
+    assert table[1].split()[0] == "hello"
+    shown = kubectl.run("get", "fd", "hello", "-o", "jsonpath={.spec.timeouts.deadlineSeconds}")
+    assert shown.stdout == "3600"  # defaulted by the CRD schema
+    kubectl.run("delete", "-f", str(ROOT / "examples" / "minimal.yaml"))
+
+
+def test_an_invalid_manifest_is_refused_with_the_servers_message(kubectl: Kubectl, tmp_path: Path) -> None:
+    manifest = tmp_path / "bad.yaml"
+    manifest.write_text(
+        (ROOT / "examples" / "minimal.yaml").read_text().replace("name: hello", "name: bad-one")
+        + "  timeouts:\n    deadlineSeconds: 0\n"
+    )
+    refused = kubectl.run("apply", "-f", str(manifest), check=False)
+    assert refused.returncode != 0
+    assert (
+        'The FleetDispatch "bad-one" is invalid: spec.timeouts.deadlineSeconds: Invalid value: 0'
+        in refused.stderr
+    )
+
+
+def test_wait_for_a_condition_set_later_and_watch_the_change(kubectl: Kubectl) -> None:
+    kubectl.run("apply", "-f", str(ROOT / "examples" / "minimal.yaml"))
+    waiting = kubectl.start("wait", "--for=condition=Ready", "fd/hello", "--timeout=20s")
+    watching = kubectl.start("get", "fd", "hello", "-w", "--request-timeout=4s")
+    time.sleep(1)
+    status = (
+        '{"status":{"phase":"Succeeded","conditions":[{"type":"Ready","status":"True","reason":"Succeeded",'
+        '"message":"done","lastTransitionTime":"2026-11-24T12:00:00Z"}]}}'
+    )
+    kubectl.run("patch", "fd", "hello", "--subresource=status", "--type=merge", "-p", status)
+    out, err = waiting.communicate(timeout=30)
+    assert waiting.returncode == 0, err
+    assert out.strip() == "fleetdispatch.fleet.dispatch.dev/hello condition met"
+    seen, _ = watching.communicate(timeout=30)
+    assert "Succeeded" in seen.splitlines()[-1]
+    kubectl.run("delete", "fd", "hello")
+    assert kubectl.run("get", "fd").stderr.strip() == "No resources found in default namespace."
+
+
+def test_a_pod_runs_and_its_logs_and_exit_code_show(kubectl: Kubectl) -> None:
+    kubectl.run("apply", "-f", "-", stdin=RUNNING_POD % {"name": "greeter", "then": "exit 3"})
+    kubectl.run("wait", "--for=jsonpath={.status.phase}=Failed", "pod/greeter", "--timeout=20s")
+    assert kubectl.run("logs", "greeter").stdout == "hello from greeter\n"
+    code = kubectl.run(
+        "get", "pod", "greeter", "-o", "jsonpath={.status.containerStatuses[0].state.terminated.exitCode}"
+    )
+    assert code.stdout == "3"
+    kubectl.run("delete", "pod", "greeter")
+
+
+def test_deleting_a_running_pod_stops_it(kubectl: Kubectl) -> None:
+    kubectl.run("apply", "-f", "-", stdin=RUNNING_POD % {"name": "sleeper", "then": "exec sleep 60"})
+    kubectl.run("wait", "--for=jsonpath={.status.phase}=Running", "pod/sleeper", "--timeout=20s")
+    started = time.monotonic()
+    kubectl.run("delete", "pod", "sleeper", "--grace-period=1")
+    assert time.monotonic() - started < 10
+    assert kubectl.run("get", "pod", "sleeper", check=False).returncode != 0
+
+
+def test_namespaces_from_manifests(kubectl: Kubectl) -> None:
+    kubectl.run("apply", "-f", "-", stdin="apiVersion: v1\nkind: Namespace\nmetadata: {name: team-a}\n")
+    kubectl.run("apply", "-n", "team-a", "-f", str(ROOT / "examples" / "minimal.yaml"))
+    assert "hello" in kubectl.run("get", "fd", "-A").stdout
+    kubectl.run("delete", "namespace", "team-a")
+    assert "team-a" not in kubectl.run("get", "namespaces").stdout
