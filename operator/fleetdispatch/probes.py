@@ -9,11 +9,11 @@ that was not a session execs (its name changes): a container's first process is 
 it execs the session's entrypoint, with the marker.
 
 Each poll reads, per process, `/proc/PID/stat` (CPU time, start time, state) and `/proc/PID/io` (`wchar`,
-the bytes it wrote to files, pipes and sockets); connections are judged from one read of `/proc/net/tcp`
-and `/proc/net/tcp6` per poll: the inodes of ESTABLISHED sockets to an `apiEndpoints` entry are collected
-first, and only when there are some are the session processes' `/proc/PID/fd` links matched against them.
-The original tool asked every process for its connections on every poll, which re-reads those tables once
-per process. The files are read directly rather than through psutil: at hundreds of processes psutil's
+the bytes it wrote to files, pipes and sockets). Connections: the session processes' `/proc/PID/fd` links
+give the inodes of their sockets; only when there are some are `/proc/net/tcp` and `/proc/net/tcp6` read,
+once per poll, for the ESTABLISHED sockets to an `apiEndpoints` entry. The original tool asked every
+process for its connections on every poll, which re-reads those tables once per process with sockets
+(and reading them is slow: milliseconds on some kernels, however few sockets there are). The files are read directly rather than through psutil: at hundreds of processes psutil's
 per-call overhead is most of a poll's cost, and the supervisor's memory budget is small.
 
 Host names in `apiEndpoints` are resolved in a background thread, at start and then periodically, so a
@@ -114,7 +114,7 @@ class _Stat:
 
 def _read_stat(proc: Path, pid: int) -> _Stat | None:
     try:
-        with open(proc / str(pid) / "stat", "rb") as file:
+        with open(f"{proc}/{pid}/stat", "rb") as file:
             text = file.read().decode("ascii", "replace")
     except OSError:
         return None
@@ -134,7 +134,7 @@ def _read_stat(proc: Path, pid: int) -> _Stat | None:
 
 def _read_write_chars(proc: Path, pid: int) -> int | None:
     try:
-        with open(proc / str(pid) / "io", "rb") as file:
+        with open(f"{proc}/{pid}/io", "rb") as file:
             for line in file.read().splitlines():
                 if line.startswith(b"wchar:"):
                     return int(line[6:])
@@ -231,7 +231,7 @@ class SessionProbe:
 
     def _has_marker(self, pid: int) -> bool:
         try:
-            with open(self._proc / str(pid) / "environ", "rb") as file:
+            with open(f"{self._proc}/{pid}/environ", "rb") as file:
                 environment = set(file.read().split(b"\0"))
         except OSError:
             return False
@@ -268,29 +268,32 @@ class SessionProbe:
         self._current = list(processes)
         return processes
 
-    def _api_connection(self, processes: Iterable[ProcessKey]) -> bool:
-        exact = self._literal | self._resolved
-        if not self._any_host_ports and not exact:
-            return False
-        inodes = established_inodes(
-            [self._proc / "net" / "tcp", self._proc / "net" / "tcp6"], self._any_host_ports, exact
-        )
-        if not inodes:
-            return False
+    def _socket_inodes(self, processes: Iterable[ProcessKey]) -> set[int]:
+        inodes: set[int] = set()
         for pid, _ in processes:
-            fd_dir = self._proc / str(pid) / "fd"
+            fd_dir = f"{self._proc}/{pid}/fd"
             try:
                 fds = os.listdir(fd_dir)
             except OSError:
                 continue
             for fd in fds:
                 try:
-                    link = os.readlink(fd_dir / fd)
+                    link = os.readlink(f"{fd_dir}/{fd}")
                 except OSError:
                     continue
-                if link.startswith("socket:[") and int(link[8:-1]) in inodes:
-                    return True
-        return False
+                if link.startswith("socket:["):
+                    inodes.add(int(link[8:-1]))
+        return inodes
+
+    def _api_connection(self, processes: Iterable[ProcessKey]) -> bool:
+        exact = self._literal | self._resolved
+        if not self._any_host_ports and not exact:
+            return False
+        sockets = self._socket_inodes(processes)
+        if not sockets:
+            return False
+        tables = [self._proc / "net" / "tcp", self._proc / "net" / "tcp6"]
+        return not sockets.isdisjoint(established_inodes(tables, self._any_host_ports, exact))
 
     def _output_sizes(self) -> dict[str, int]:
         sizes: dict[str, int] = {}
