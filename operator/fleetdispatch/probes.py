@@ -13,8 +13,9 @@ the bytes it wrote to files, pipes and sockets). Connections: the session proces
 give the inodes of their sockets; only when there are some are `/proc/net/tcp` and `/proc/net/tcp6` read,
 once per poll, for the ESTABLISHED sockets to an `apiEndpoints` entry. The original tool asked every
 process for its connections on every poll, which re-reads those tables once per process with sockets
-(and reading them is slow: milliseconds on some kernels, however few sockets there are). The files are read directly rather than through psutil: at hundreds of processes psutil's
-per-call overhead is most of a poll's cost, and the supervisor's memory budget is small.
+(and reading them is slow: milliseconds on some kernels, however few sockets there are). The files are
+read directly rather than through psutil: at hundreds of processes psutil's per-call overhead is most of a
+poll's cost, and the supervisor's memory budget is small.
 
 Host names in `apiEndpoints` are resolved in a background thread, at start and then periodically, so a
 slow DNS never delays a poll; until a name resolves it matches nothing (`:port` entries need no DNS).
