@@ -1,19 +1,24 @@
 """The `fleetdispatch` command: one entry point, one subcommand per job.
 
-Only `validate` lives here so far: it checks manifests offline exactly as the API server (CRD schema and
-CEL rules) and the operator (the models) would, so a GitOps pipeline can refuse a bad dispatch before it
-reaches a cluster. The operator, the supervisor and the dev cluster join as subcommands of their own.
+`validate` checks manifests offline exactly as the API server (CRD schema and CEL rules) and the operator
+(the models) would, so a GitOps pipeline can refuse a bad dispatch before it reaches a cluster. `supervise`
+runs beside a session as its pod's sidecar (see `supervisor`). `dev` runs the dev cluster (see
+`devcluster`). The operator joins as a subcommand of its own.
+
+Each subcommand imports its module only when it runs: the supervisor's memory budget (30 MiB) leaves no
+room for pydantic, the CEL evaluator or kopf, which `validate` and the operator need.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from fleetdispatch import __version__, validation
+from fleetdispatch import __version__, deadline
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 
@@ -38,6 +43,8 @@ def _read(file: str, stdin: TextIO) -> str:
 
 def validate(paths: Sequence[str], out: TextIO | None = None, stdin: TextIO | None = None) -> int:
     """Check every fleet.dispatch.dev manifest under `paths` (`-` is standard input); 0 when all are valid."""
+    from fleetdispatch import validation
+
     write = (out or sys.stdout).write
     checked = invalid = 0
     for file in _manifest_files(paths):
@@ -108,11 +115,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="local",
         help="local: run pods' commands as processes; instant: complete pods at once (for benchmarks)",
     )
+    supervise = commands.add_parser(
+        "supervise",
+        help="supervise one session attempt (the session pod's sidecar)",
+        description="Supervise one session attempt: extend its deadline while it is active, stop it when "
+        "the deadline passes or its output stalls.",
+    )
+    deadline.add_arguments(supervise, os.environ)
     args = parser.parse_args(argv)
     if args.command == "validate":
         return validate(args.paths)
     if args.command == "dev":
         return run_dev(Path(args.kubeconfig), args.port, args.runtime)
+    if args.command == "supervise":
+        from fleetdispatch import supervisor
+
+        return supervisor.supervise(deadline.from_namespace(supervise, args))
     parser.error(f"unknown command {args.command!r}")
     return 2
 

@@ -1,0 +1,122 @@
+"""The session protocol: the names and file formats a session, the supervisor and the quota guard share.
+
+A session learns its budget from the environment and from files in the shared state directory, and tells
+how it ended through `outcome.json`. This module holds those names, the `deadline` file format and the few
+helpers every party needs to read and write the files safely. It is standard library only, because the
+quota guard imports it inside arbitrary session images and the supervisor must stay small.
+
+The `deadline` file holds integer epoch seconds followed by a newline, so a shell reads it with
+`$(cat "$FLEET_STATE_DIR/deadline")`. Every file is replaced atomically (a temporary file in the same
+directory, then a rename), so a reader sees the old content or the new one, never half of either.
+
+Deliberately not here: any policy (when a deadline moves, how an outcome is classified) and any clock read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+ENV_DISPATCH = "FLEET_DISPATCH"
+ENV_ATTEMPT = "FLEET_ATTEMPT"
+ENV_SESSION_DEADLINE = "FLEET_SESSION_DEADLINE"
+ENV_STATE_DIR = "FLEET_STATE_DIR"
+ENV_RESUME = "FLEET_RESUME"
+ENV_RESUME_TOKEN = "FLEET_RESUME_TOKEN"
+
+DEFAULT_STATE_DIR = "/var/run/fleet"
+DEADLINE_FILE = "deadline"
+RESUME_TOKEN_FILE = "resume-token"
+OUTCOME_FILE = "outcome.json"
+
+COMPLETED: Final = "Completed"
+QUOTA_EXHAUSTED: Final = "QuotaExhausted"
+FAILED: Final = "Failed"
+DEADLINE_EXCEEDED: Final = "DeadlineExceeded"
+IDLE_TIMEOUT: Final = "IdleTimeout"
+
+# The kubelet keeps at most 4096 bytes of a termination message; a longer outcome would arrive cut, which
+# is no longer JSON. Writers keep their outcome below this.
+MAX_OUTCOME_BYTES = 4096
+
+
+def write_atomic(path: Path, text: str, *, replace: bool = True) -> bool:
+    """Write `text` to `path` so that readers never see a partial file.
+
+    With `replace=False` an existing file is left untouched (the new file is linked in, which fails if the
+    name exists) and False is returned: the supervisor uses it so it never overwrites a session's outcome.
+    """
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+        # Readable by the session's other users too: the session and the supervisor share a UID, but a
+        # session image may run helpers under another one.
+        os.chmod(temporary, 0o644)
+        if replace:
+            os.replace(temporary, path)
+            return True
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+
+
+def format_deadline(epoch_seconds: float) -> str:
+    """The `deadline` file's content: whole epoch seconds, rounded down so nobody counts on a late second."""
+    return f"{math.floor(epoch_seconds)}\n"
+
+
+def parse_deadline(text: str) -> int | None:
+    """Epoch seconds from a `deadline` file's or `FLEET_SESSION_DEADLINE`'s text; None when unreadable."""
+    try:
+        value = float(text.strip())
+    except ValueError:
+        return None
+    return math.floor(value) if math.isfinite(value) and value > 0 else None
+
+
+def read_deadline(state_dir: Path) -> int | None:
+    """The live deadline from `state_dir/deadline`, or None when the file is missing or unreadable."""
+    try:
+        return parse_deadline((state_dir / DEADLINE_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def read_outcome(state_dir: Path) -> dict[str, Any] | None:
+    """The outcome a session wrote, when `outcome.json` is a JSON object with a string `reason`; else None.
+
+    Never raises: a missing, half-written or junk file is as good as no outcome.
+    """
+    try:
+        outcome = json.loads((state_dir / OUTCOME_FILE).read_bytes())
+    except (OSError, ValueError):
+        return None
+    if isinstance(outcome, dict) and isinstance(outcome.get("reason"), str) and outcome["reason"]:
+        return outcome
+    return None
+
+
+def read_resume_token(state_dir: Path) -> str | None:
+    """The session's current resume token (surrounding whitespace removed), or None when there is none."""
+    try:
+        token = (state_dir / RESUME_TOKEN_FILE).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return token or None
+
+
+def rfc3339(epoch_seconds: float) -> str:
+    """A timestamp as Kubernetes writes them: UTC, whole seconds, `Z`."""
+    return datetime.fromtimestamp(math.floor(epoch_seconds), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

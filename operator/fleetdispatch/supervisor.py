@@ -1,0 +1,327 @@
+"""The supervisor: the loop that runs beside a session, measures it, and stops it when the policy says so.
+
+`fleetdispatch supervise` runs as the session pod's native sidecar, as the session's UID, in the pod's
+shared process namespace. Each poll it samples the session (`probes`), asks the policy (`deadline`) and
+acts: it rewrites the `deadline` file when the deadline moves, hands its figures to the Lease heartbeat
+(`heartbeat`), and on a stop writes the outcome the session did not write, sends TERM to every session
+process, waits `killGraceSeconds` and sends KILL to the survivors. It logs one JSON line to standard output
+per decision that changes something (start, extension, stop, signals, exit), never one per quiet poll.
+
+It exits (code 0) once it has seen session processes and none is left, so it also works as an ordinary
+container where native sidecars are unavailable. Before the session appears it waits (the session container
+starts after the sidecar), but the deadline counts from its own start: if it passes before any session
+process appeared, it logs that and exits. On SIGTERM (the pod is being deleted) it exits at once without
+signalling the session: the kubelet does that.
+
+It marks itself non-dumpable at start, so the session, which runs as the same UID, cannot read its memory,
+environment or heartbeat token through `/proc`.
+
+The loop is synchronous and simple; clocks and sleep are constructor parameters so that tests drive it
+without waiting. Deliberately not here: any judgement (`deadline`), reading `/proc` (`probes`), HTTP
+(`heartbeat`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol, TextIO
+
+from fleetdispatch import protocol
+from fleetdispatch.deadline import (
+    Continue,
+    ProcessKey,
+    Sample,
+    State,
+    Stop,
+    SupervisorConfig,
+    WallClock,
+    cap,
+    decide,
+    initial_state,
+    next_check,
+)
+from fleetdispatch.heartbeat import Heartbeat, LeaseStatus
+from fleetdispatch.probes import SessionProbe
+
+PR_SET_DUMPABLE = 4
+# While waiting for stopped processes to exit, look this often (or each poll, when polls are shorter).
+EXIT_POLL_SECONDS = 0.2
+# A resume token longer than this is left out of the outcome: with it the outcome would exceed the
+# kubelet's 4096-byte termination message and arrive cut.
+MAX_RESUME_TOKEN_BYTES = 2048
+
+
+class Probe(Protocol):
+    def sample(self) -> Sample: ...
+    def session_processes(self) -> list[ProcessKey]: ...
+    def signal(self, key: ProcessKey, signum: int) -> bool: ...
+
+
+class Beat(Protocol):
+    def update(self, status: LeaseStatus) -> None: ...
+
+
+class JsonLog:
+    """One JSON object per line, safe to call from the heartbeat thread too."""
+
+    def __init__(self, out: TextIO, wall: Callable[[], float] = time.time) -> None:
+        self._out = out
+        self._wall = wall
+        self._lock = threading.Lock()
+
+    def __call__(self, event: str, **fields: Any) -> None:
+        now = self._wall()
+        line = json.dumps({"time": protocol.rfc3339(now), "event": event, **fields}, separators=(",", ":"))
+        with self._lock:
+            self._out.write(line + "\n")
+            self._out.flush()
+
+
+def set_non_dumpable() -> bool:
+    """`prctl(PR_SET_DUMPABLE, 0)`; False where there is no prctl (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+class Supervisor:
+    """One attempt's supervision; `run()` returns the exit code."""
+
+    def __init__(
+        self,
+        config: SupervisorConfig,
+        *,
+        probe: Probe | None = None,
+        heartbeat: Beat | None = None,
+        log: Callable[..., None] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        sleep: Callable[[float], object] | None = None,
+    ) -> None:
+        self._config = config
+        self._state_dir = Path(config.state_dir)
+        self._probe: Probe = probe or SessionProbe(
+            config.dispatch,
+            config.attempt,
+            api_endpoints=config.api_endpoints,
+            output_paths=config.output_paths,
+            state_dir=self._state_dir,
+        )
+        self._heartbeat = heartbeat
+        self._log = log or JsonLog(sys.stdout, wall)
+        self._monotonic = monotonic
+        self._wall = wall
+        self._terminated = threading.Event()
+        # The default sleep wakes up early on terminate(), so SIGTERM is honoured at once.
+        self._sleep = sleep or self._terminated.wait
+        self._clock = WallClock(0.0)
+
+    def terminate(self) -> None:
+        """Stop supervising at once, without signalling the session (SIGTERM: the pod is going away)."""
+        self._terminated.set()
+
+    def _epoch(self, instant: float | None) -> str | None:
+        return None if instant is None else protocol.rfc3339(self._clock.epoch(instant))
+
+    def _publish_deadline(self, deadline: float) -> None:
+        try:
+            protocol.write_atomic(
+                self._state_dir / protocol.DEADLINE_FILE,
+                protocol.format_deadline(self._clock.epoch(deadline)),
+            )
+        except OSError as error:
+            self._log("error", error=f"cannot write the deadline file: {error}")
+
+    def _beat(self, state: State) -> None:
+        if self._heartbeat is None:
+            return
+        self._heartbeat.update(
+            LeaseStatus(
+                deadline=self._clock.epoch(state.deadline),
+                last_activity=None if state.last_activity is None else self._clock.epoch(state.last_activity),
+                activity_reason=state.activity_reason,
+                last_output=None if state.last_output is None else self._clock.epoch(state.last_output),
+            )
+        )
+
+    def run(self) -> int:
+        config = self._config
+        start = self._monotonic()
+        self._clock = WallClock.capture(start, self._wall())
+        state = initial_state(config, start)
+        with contextlib.suppress(OSError):
+            self._state_dir.mkdir(parents=True, exist_ok=True)
+        self._publish_deadline(state.deadline)
+        self._log(
+            "start",
+            dispatch=config.dispatch,
+            attempt=config.attempt,
+            deadline=self._epoch(state.deadline),
+            cap=self._epoch(cap(config, state)),
+        )
+        while not self._terminated.is_set():
+            now = self._monotonic()
+            sample = self._probe.sample()
+            state, decision = decide(config, state, sample, now)
+            if state.session_seen and not sample.processes:
+                self._log("exit", reason="no session process is left")
+                return 0
+            if isinstance(decision, Stop):
+                if not state.session_seen:
+                    self._log(
+                        "exit",
+                        reason=f"{decision.reason}: no session process appeared before the deadline",
+                        deadline=self._epoch(decision.deadline),
+                    )
+                    return 0
+                return self._stop(decision)
+            self._beat(state)
+            if isinstance(decision, Continue) and decision.extended_from is not None:
+                self._publish_deadline(state.deadline)
+                self._log(
+                    "extended",
+                    deadline=self._epoch(state.deadline),
+                    previous=self._epoch(decision.extended_from),
+                    activityReason=state.activity_reason,
+                    atCap=state.deadline >= cap(config, state),
+                )
+            wake = min(now + config.poll_seconds, next_check(config, state))
+            self._sleep(max(0.0, wake - self._monotonic()))
+        self._log("exit", reason="terminated: the session is left to the kubelet")
+        return 0
+
+    # -- stopping --------------------------------------------------------------------------------------
+
+    def _message(self, stop: Stop) -> str:
+        config = self._config
+        if stop.reason == protocol.IDLE_TIMEOUT:
+            return (
+                f"no output for {stop.idle_seconds or 0:.0f}s "
+                f"(idleOutputSeconds {config.idle_output_seconds}); "
+                f"last output {self._epoch(stop.last_output)}"
+            )
+        activity = (
+            f"last activity {self._epoch(stop.last_activity)} ({stop.activity_reason})"
+            if stop.last_activity is not None
+            else "no activity seen"
+        )
+        at_cap = " (the cap)" if stop.deadline >= stop.cap else ""
+        return f"the deadline {self._epoch(stop.deadline)}{at_cap} passed; {activity}"
+
+    def _write_outcome(self, stop: Stop) -> bool:
+        """Write the stop's outcome unless the session wrote its own; True when this one was written."""
+        if protocol.read_outcome(self._state_dir) is not None:
+            return False
+        outcome: dict[str, Any] = {
+            "reason": stop.reason,
+            "message": self._message(stop),
+            "deadline": self._epoch(stop.deadline),
+            "deadlineCap": self._epoch(stop.cap),
+            "lastActivityTime": self._epoch(stop.last_activity),
+            "activityReason": stop.activity_reason,
+            "lastOutputTime": self._epoch(stop.last_output),
+        }
+        token = protocol.read_resume_token(self._state_dir)
+        if token is not None and len(token.encode()) <= MAX_RESUME_TOKEN_BYTES:
+            outcome["resumeToken"] = token
+        elif token is not None:
+            outcome["message"] += f"; the resume token ({len(token.encode())} bytes) is too long to report"
+        text = json.dumps({k: v for k, v in outcome.items() if v is not None}) + "\n"
+        path = self._state_dir / protocol.OUTCOME_FILE
+        try:
+            # Never over a session's outcome, even one written a moment ago; a junk file is replaced.
+            written = protocol.write_atomic(path, text, replace=False)
+            if not written and protocol.read_outcome(self._state_dir) is None:
+                written = protocol.write_atomic(path, text)
+        except OSError as error:
+            self._log("error", error=f"cannot write the outcome: {error}")
+            return False
+        return written
+
+    def _signal_all(self, signum: int) -> int:
+        return sum(self._probe.signal(key, signum) for key in self._probe.session_processes())
+
+    def _wait_for_exit(self, seconds: float | None) -> bool:
+        """Wait until no session process is left (True) or `seconds` pass (False); None waits forever."""
+        end = None if seconds is None else self._monotonic() + seconds
+        interval = min(self._config.poll_seconds, EXIT_POLL_SECONDS)
+        while not self._terminated.is_set():
+            if not self._probe.session_processes():
+                return True
+            if end is not None and self._monotonic() >= end:
+                return False
+            self._sleep(interval if end is None else max(0.0, min(interval, end - self._monotonic())))
+        return False
+
+    def _stop(self, stop: Stop) -> int:
+        written = self._write_outcome(stop)
+        self._log(
+            "stop",
+            reason=stop.reason,
+            message=self._message(stop),
+            deadline=self._epoch(stop.deadline),
+            lastActivityTime=self._epoch(stop.last_activity),
+            lastOutputTime=self._epoch(stop.last_output),
+            outcomeWritten=written,
+        )
+        self._log("signalled", signal="TERM", processes=self._signal_all(signal.SIGTERM))
+        if not self._wait_for_exit(self._config.kill_grace_seconds):
+            while not self._terminated.is_set():
+                # KILL again until none is left: a process may fork while its siblings die.
+                killed = self._signal_all(signal.SIGKILL)
+                if killed:
+                    self._log("signalled", signal="KILL", processes=killed)
+                if self._wait_for_exit(1.0):
+                    break
+        if self._terminated.is_set():
+            self._log("exit", reason="terminated: the session is left to the kubelet")
+        else:
+            self._log("exit", reason=f"session stopped: {stop.reason}")
+        return 0
+
+
+def supervise(config: SupervisorConfig) -> int:
+    """The `fleetdispatch supervise` command: supervise until the session is gone; the exit code."""
+    log = JsonLog(sys.stdout)
+    if not set_non_dumpable():
+        log("warning", message="could not mark the supervisor non-dumpable (prctl unavailable)")
+    heartbeat = Heartbeat.from_config(
+        pod_name=config.pod_name,
+        namespace=config.namespace,
+        server=config.api_server,
+        token_file=config.token_file,
+        ca_file=config.ca_file,
+        interval=config.heartbeat_seconds,
+        log=log,
+    )
+    probe = SessionProbe(
+        config.dispatch,
+        config.attempt,
+        api_endpoints=config.api_endpoints,
+        output_paths=config.output_paths,
+        state_dir=config.state_dir,
+    )
+    probe.start_resolving()
+    supervisor = Supervisor(config, probe=probe, heartbeat=heartbeat, log=log)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        supervisor.terminate()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if heartbeat is not None:
+        heartbeat.start()
+    return supervisor.run()

@@ -1,0 +1,285 @@
+"""`fleetdispatch supervise` end to end, as a real process against real session processes.
+
+Budgets are a second or two and polls a tenth of a second, so each test takes seconds; the margins are
+generous because a shared 2-core machine may be busy with other test runs.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from fleetdispatch import protocol
+from sessions import BUSY, SLEEP, Sessions, alive, exited, flags, wait_until
+
+# A CPU threshold no process reaches: isolates the signal a test is about from the interpreter's start-up.
+NO_CPU = 10000
+SLACK = 1.5  # seconds a stop may come after its due time on a loaded machine (one poll is 0.1 s)
+
+
+def outcome(session: Sessions) -> dict[str, object]:
+    return json.loads((session.state_dir / "outcome.json").read_text())  # type: ignore[no-any-return]
+
+
+def published_deadline(session: Sessions) -> int | None:
+    return protocol.read_deadline(session.state_dir)
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    # A connection completes in the listen backlog: ESTABLISHED without the server ever accepting it.
+    server = socket.create_server(("127.0.0.1", 0))
+    yield server
+    server.close()
+
+
+def test_a_busy_session_is_extended_then_stopped_at_the_cap(session: Sessions) -> None:
+    busy = session.spawn(BUSY)
+    started = time.monotonic()
+    supervisor = session.supervise(*flags(deadline_seconds=1, max_extension_seconds=1, idle_output_seconds=0))
+    wait_until(lambda: published_deadline(session) is not None, timeout=10)
+    initial = published_deadline(session)
+    wait_until(exited(busy), timeout=2 + 10)
+    lived = time.monotonic() - started
+    assert lived >= 2.0, "stopped before the cap: the extension did not happen"
+    assert lived <= 2.0 + SLACK + 1.0  # + the supervisor's own start-up
+    assert busy.returncode == -signal.SIGTERM
+    assert supervisor.wait() == 0
+    assert initial is not None and published_deadline(session) == initial + 1, "the deadline file is live"
+    extended = supervisor.named("extended")
+    assert extended and all(e["activityReason"] == "cpu" for e in extended)
+    assert extended[-1]["atCap"] is True
+    [stop] = supervisor.named("stop")
+    assert stop["reason"] == "DeadlineExceeded"
+    written = outcome(session)
+    assert written["reason"] == "DeadlineExceeded"
+    assert written["deadline"] == written["deadlineCap"]
+    assert written["activityReason"] == "cpu"
+    assert "(the cap)" in str(written["message"])
+
+
+def test_a_sleeping_session_is_stopped_at_the_deadline_and_nothing_else_is_signalled(
+    session: Sessions,
+) -> None:
+    (session.state_dir / "resume-token").write_text("agent-session-42\n")
+    sleeper = session.spawn(SLEEP)
+    other_attempt = session.spawn(SLEEP, attempt="2")
+    unmarked = session.spawn(SLEEP, marker=False)
+    started = time.monotonic()
+    supervisor = session.supervise(
+        *flags(
+            deadline_seconds=1, max_extension_seconds=10, idle_output_seconds=0, cpu_percent_threshold=NO_CPU
+        )
+    )
+    wait_until(exited(sleeper), timeout=10)
+    assert 1.0 <= time.monotonic() - started <= 1.0 + SLACK + 1.0
+    assert supervisor.wait() == 0
+    assert supervisor.named("extended") == []
+    assert other_attempt.poll() is None and unmarked.poll() is None
+    written = outcome(session)
+    assert written["reason"] == "DeadlineExceeded"
+    assert written["resumeToken"] == "agent-session-42"
+    assert written["deadline"] == protocol.rfc3339(published_deadline(session) or 0)
+    assert "lastActivityTime" not in written
+    assert "no activity seen" in str(written["message"])
+    assert [e["processes"] for e in supervisor.named("signalled")] == [1]
+
+
+@pytest.mark.parametrize("same_port", [True, False], ids=["api-endpoint", "another-port"])
+def test_an_established_connection_to_an_api_endpoint_counts_as_active(
+    session: Sessions, listener: socket.socket, same_port: bool
+) -> None:
+    port = listener.getsockname()[1]
+    other = socket.create_server(("127.0.0.1", 0))
+    endpoint = port if same_port else other.getsockname()[1]
+    try:
+        connected = session.spawn(
+            f"import socket, time; s = socket.create_connection(('127.0.0.1', {port})); time.sleep(60)"
+        )
+        supervisor = session.supervise(
+            *flags(
+                deadline_seconds=1,
+                max_extension_seconds=1,
+                idle_output_seconds=0,
+                cpu_percent_threshold=NO_CPU,
+                api_endpoint=f"127.0.0.1:{endpoint}",
+            )
+        )
+        assert supervisor.wait() == 0
+    finally:
+        other.close()
+    assert connected.poll() is not None
+    extended = supervisor.named("extended")
+    if same_port:
+        assert extended and {e["activityReason"] for e in extended} == {"api-connection"}
+        assert outcome(session)["deadline"] == outcome(session)["deadlineCap"]
+    else:
+        assert extended == []
+        assert outcome(session)["deadline"] != outcome(session)["deadlineCap"]
+
+
+def test_an_open_api_connection_does_not_keep_an_idle_session_alive(
+    session: Sessions, listener: socket.socket
+) -> None:
+    port = listener.getsockname()[1]
+    session.spawn(f"import socket, time; s = socket.create_connection(('127.0.0.1', {port})); time.sleep(60)")
+    supervisor = session.supervise(
+        *flags(
+            deadline_seconds=1,
+            max_extension_seconds=30,
+            idle_output_seconds=1,
+            cpu_percent_threshold=NO_CPU,
+            api_endpoint=f":{port}",
+        )
+    )
+    assert supervisor.wait() == 0
+    assert supervisor.named("extended"), "the connection moves the deadline"
+    written = outcome(session)
+    assert written["reason"] == "IdleTimeout"
+    assert written["activityReason"] == "api-connection"
+    assert "lastOutputTime" in written
+
+
+WRITE_FOR_TWO_SECONDS = """
+import os, time
+end = time.monotonic() + 2.0
+out = os.open({target!r}, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+while time.monotonic() < end:
+    os.write(out, b"line\\n")
+    time.sleep(0.2)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("target", ["transcript", "/dev/null"], ids=["output-path", "wchar"])
+def test_output_resets_the_idle_timer(session: Sessions, target: str) -> None:
+    writer = session.spawn(WRITE_FOR_TWO_SECONDS.format(target=target))
+    started = time.monotonic()
+    supervisor = session.supervise(
+        *flags(
+            deadline_seconds=30, idle_output_seconds=1, cpu_percent_threshold=NO_CPU, output_path="transcript"
+        )
+    )
+    wait_until(exited(writer), timeout=15)
+    assert time.monotonic() - started >= 2.0 + 1.0 - 0.3, "stopped while the session was still writing"
+    assert supervisor.wait() == 0
+    written = outcome(session)
+    assert written["reason"] == "IdleTimeout"
+    assert written["activityReason"] == "output"
+
+
+DAEMON = """
+import os, sys, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        with open("grandchild.pid", "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(60)
+    os._exit(0)
+os.wait()
+"""
+
+
+def test_a_daemonised_grandchild_is_found_and_stopped(session: Sessions) -> None:
+    parent = session.spawn(DAEMON)
+    pid_file = session.state_dir / "grandchild.pid"
+    wait_until(lambda: pid_file.exists() and pid_file.read_text() != "", timeout=10)
+    grandchild = int(pid_file.read_text())
+    session.adopt(grandchild)
+    parent.wait(timeout=10)  # the session's own process is gone: only the daemon is left
+    supervisor = session.supervise(
+        *flags(
+            deadline_seconds=1, max_extension_seconds=0, idle_output_seconds=0, cpu_percent_threshold=NO_CPU
+        )
+    )
+    assert supervisor.wait() == 0
+    assert not alive(grandchild)
+    assert [e["processes"] for e in supervisor.named("signalled")] == [1]
+
+
+def test_a_session_that_ignores_term_is_killed_after_the_grace(session: Sessions) -> None:
+    stubborn = session.spawn(
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); open('ready', 'w').close(); "
+        "time.sleep(60)"
+    )
+    wait_until((session.state_dir / "ready").exists, timeout=10)
+    supervisor = session.supervise(
+        *flags(deadline_seconds=1, max_extension_seconds=0, idle_output_seconds=0, kill_grace_seconds=1)
+    )
+    wait_until(lambda: bool(supervisor.named("stop")), timeout=10)
+    stopped = time.monotonic()
+    wait_until(exited(stubborn), timeout=10)
+    assert 1.0 - 0.2 <= time.monotonic() - stopped <= 1.0 + SLACK
+    assert stubborn.returncode == -signal.SIGKILL
+    assert supervisor.wait() == 0
+    assert [(e["signal"], e["processes"]) for e in supervisor.named("signalled")] == [
+        ("TERM", 1),
+        ("KILL", 1),
+    ]
+
+
+def test_the_supervisor_waits_for_the_session_and_exits_when_none_is_left(session: Sessions) -> None:
+    supervisor = session.supervise(*flags(deadline_seconds=30, idle_output_seconds=0))
+    time.sleep(0.6)
+    assert supervisor.process.poll() is None, "it waits for a session that has not started yet"
+    session.spawn("import time; time.sleep(0.8)")
+    assert supervisor.wait() == 0
+    assert supervisor.named("exit")[-1]["reason"] == "no session process is left"
+    assert not (session.state_dir / "outcome.json").exists()
+    assert supervisor.named("signalled") == []
+
+
+def test_a_deadline_that_passes_before_any_session_appears_ends_the_supervisor(session: Sessions) -> None:
+    supervisor = session.supervise(*flags(deadline_seconds=1))
+    assert supervisor.wait(timeout=10) == 0
+    assert "no session process appeared" in str(supervisor.named("exit")[-1]["reason"])
+
+
+def test_the_outcome_a_session_wrote_is_left_alone(session: Sessions) -> None:
+    own = '{"reason": "QuotaExhausted", "resetAt": "2030-01-01T00:00:00Z"}\n'
+    (session.state_dir / "outcome.json").write_text(own)
+    session.spawn(SLEEP)
+    supervisor = session.supervise(
+        *flags(
+            deadline_seconds=1, max_extension_seconds=0, idle_output_seconds=0, cpu_percent_threshold=NO_CPU
+        )
+    )
+    assert supervisor.wait() == 0
+    assert (session.state_dir / "outcome.json").read_text() == own
+    assert supervisor.named("stop")[0]["outcomeWritten"] is False
+
+
+def test_sigterm_ends_the_supervisor_at_once_and_leaves_the_session_to_the_kubelet(session: Sessions) -> None:
+    sleeper = session.spawn(SLEEP)
+    supervisor = session.supervise(*flags(deadline_seconds=30, poll_seconds=5))
+    wait_until(lambda: bool(supervisor.named("start")), timeout=10)
+    time.sleep(0.3)  # into its first sleep between polls
+    supervisor.process.send_signal(signal.SIGTERM)
+    assert wait_until(exited(supervisor.process), timeout=5) < 1.0
+    assert supervisor.process.returncode == 0
+    assert sleeper.poll() is None
+    assert "terminated" in str(supervisor.named("exit")[-1]["reason"])
+
+
+def test_the_supervisor_marks_itself_non_dumpable(session: Sessions) -> None:
+    # PR_GET_DUMPABLE (3) in a fresh interpreter, after the call the supervisor makes at start.
+    probe = (
+        "import ctypes; from fleetdispatch.supervisor import set_non_dumpable; "
+        "assert set_non_dumpable(); print(ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))"
+    )
+    checked = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert checked.stdout == "0\n"
+    session.spawn(SLEEP)
+    supervisor = session.supervise(*flags(deadline_seconds=30))
+    wait_until(lambda: bool(supervisor.named("start")), timeout=10)
+    supervisor.process.send_signal(signal.SIGTERM)
+    assert supervisor.wait() == 0
+    assert supervisor.named("warning") == []
