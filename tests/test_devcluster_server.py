@@ -101,10 +101,10 @@ async def test_create_patch_status_and_list_with_selectors(http: aiohttp.ClientS
         f"{DISPATCHES}/a/status", json={"status": {"phase": "Running"}}, headers=MERGE
     ) as response:
         assert (await response.json())["status"]["phase"] == "Running"
-    status, listed = await _get(http, f"{DISPATCHES}?labelSelector=team%3Dred")
+    _, listed = await _get(http, f"{DISPATCHES}?labelSelector=team%3Dred")
     assert listed["kind"] == "FleetDispatchList"
     assert [item["metadata"]["name"] for item in listed["items"]] == ["a"]
-    status, listed = await _get(http, f"{DISPATCHES}?fieldSelector=metadata.name%3Db")
+    _, listed = await _get(http, f"{DISPATCHES}?fieldSelector=metadata.name%3Db")
     assert [item["metadata"]["name"] for item in listed["items"]] == ["b"]
     _status, table = await _get(http, DISPATCHES, Accept="application/json;as=Table;v=v1;g=meta.k8s.io")
     assert table["kind"] == "Table"
@@ -157,9 +157,7 @@ async def test_watch_from_a_forgotten_version_sends_a_410_error_event() -> None:
             body = {"metadata": {"name": f"cm{index}"}, "data": {}}
             async with client.post("/api/v1/namespaces/default/configmaps", json=body):
                 pass
-        async with client.get(
-            "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=5"
-        ) as watch:
+        async with client.get("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=5") as watch:
             [error] = [json.loads(line) for line in (await watch.text()).splitlines()]
     assert error["type"] == "ERROR"
     assert error["object"]["code"] == 410
