@@ -130,7 +130,9 @@ def _supervised_pod(config: SupervisorConfig, session_command: list[str]) -> dic
     }
 
 
-def test_a_supervised_pod_with_a_silent_session_is_stopped_for_idle_output() -> None:
+def test_a_supervised_pod_with_a_silent_session_is_stopped_for_idle_output(
+    dev_cluster: BackgroundCluster,
+) -> None:
     config = SupervisorConfig(
         deadline_seconds=60,
         max_extension_seconds=0,
@@ -142,24 +144,24 @@ def test_a_supervised_pod_with_a_silent_session_is_stopped_for_idle_output() -> 
         attempt=1,
     )
     pod = _supervised_pod(config, ["sh", "-c", "echo thinking; exec sleep 300"])
-    with BackgroundCluster(runtime="local") as cluster:
-        started = time.monotonic()
-        cluster.call(lambda c: c.store.create(PODS, "default", pod))
+    cluster = dev_cluster
+    started = time.monotonic()
+    cluster.call(lambda c: c.store.create(PODS, "default", pod))
 
-        def finished() -> dict[str, Any] | None:
-            current = cluster.call(lambda c: c.store.get(PODS, "default", "demo-1"))
-            done = current["status"]["phase"] in ("Succeeded", "Failed")
-            return current if done and current["status"].get("initContainerStatuses") else None
+    def finished() -> dict[str, Any] | None:
+        current = cluster.call(lambda c: c.store.get(PODS, "default", "demo-1"))
+        done = current["status"]["phase"] in ("Succeeded", "Failed")
+        return current if done and current["status"].get("initContainerStatuses") else None
 
-        final = _eventually(finished)
-        elapsed = time.monotonic() - started
-        [session] = final["status"]["containerStatuses"]
-        [supervisor] = final["status"]["initContainerStatuses"]
-        log_path = cluster.call(lambda c: c.runtime.log_path("default", "demo-1", "fleet-supervisor"))
-        decisions = [json.loads(line) for line in Path(log_path).read_text().splitlines()]
+    final = _eventually(finished)
+    elapsed = time.monotonic() - started
+    [session] = final["status"]["containerStatuses"]
+    [supervisor] = final["status"]["initContainerStatuses"]
+    log_path = cluster.call(lambda c: c.runtime.log_path("default", "demo-1", "fleet-supervisor"))
+    decisions = [json.loads(line) for line in Path(log_path).read_text().splitlines()]
     assert final["status"]["phase"] == "Failed"
     assert session["state"]["terminated"]["exitCode"] == 128 + signal.SIGTERM
-    assert supervisor["state"]["terminated"]["exitCode"] == 0
+    assert supervisor["state"]["terminated"]["exitCode"] == 0, (supervisor, decisions)
     assert 2 <= elapsed < 10
     stops = [decision for decision in decisions if decision.get("reason") == "IdleTimeout"]
     assert stops, decisions

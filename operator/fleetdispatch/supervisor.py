@@ -324,4 +324,10 @@ def supervise(config: SupervisorConfig) -> int:
     signal.signal(signal.SIGINT, on_signal)
     if heartbeat is not None:
         heartbeat.start()
-    return supervisor.run()
+    code = supervisor.run()
+    # The kubelet TERMs a native sidecar as soon as the session has exited, which is also when the supervisor
+    # returns. Python restores the default handlers while it shuts down, so a TERM then would report a clean
+    # exit as 143; once the decision is made, a late TERM is ignored.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return code
