@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SLEEP = "import time; time.sleep(60)"
+SLEEP = "import signal; signal.pause()"
 BUSY = "while True: pass"
 
 

@@ -12,7 +12,7 @@ from fleetdispatch.deadline import Counters
 from fleetdispatch.probes import SessionProbe, established_inodes
 from sessions import SLEEP, Sessions, wait_until
 
-CONNECT = "import socket, time; s = socket.create_connection(('127.0.0.1', {port})); time.sleep(60)"
+CONNECT = "import signal, socket; s = socket.create_connection(('127.0.0.1', {port})); signal.pause()"
 
 
 def probe_for(session: Sessions, **options: object) -> SessionProbe:
@@ -35,7 +35,7 @@ def test_session_processes_are_those_with_this_attempts_marker(session: Sessions
 
 
 WORK_ON_SIGNAL = """
-import os, time
+import os, signal, time
 while not os.path.exists("go"):
     time.sleep(0.02)
 end = time.monotonic() + 0.3
@@ -43,7 +43,7 @@ while time.monotonic() < end:
     pass
 os.write(os.open(os.devnull, os.O_WRONLY), b"x" * 4096)
 open("done", "w").close()
-time.sleep(60)
+signal.pause()
 """
 
 

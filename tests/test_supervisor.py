@@ -101,7 +101,7 @@ def test_an_established_connection_to_an_api_endpoint_counts_as_active(
     endpoint = port if same_port else other.getsockname()[1]
     try:
         connected = session.spawn(
-            f"import socket, time; s = socket.create_connection(('127.0.0.1', {port})); time.sleep(60)"
+            f"import signal, socket; s = socket.create_connection(('127.0.0.1', {port})); signal.pause()"
         )
         supervisor = session.supervise(
             *flags(
@@ -129,7 +129,9 @@ def test_an_open_api_connection_does_not_keep_an_idle_session_alive(
     session: Sessions, listener: socket.socket
 ) -> None:
     port = listener.getsockname()[1]
-    session.spawn(f"import socket, time; s = socket.create_connection(('127.0.0.1', {port})); time.sleep(60)")
+    session.spawn(
+        f"import signal, socket; s = socket.create_connection(('127.0.0.1', {port})); signal.pause()"
+    )
     supervisor = session.supervise(
         *flags(
             deadline_seconds=1,
@@ -148,13 +150,13 @@ def test_an_open_api_connection_does_not_keep_an_idle_session_alive(
 
 
 WRITE_FOR_TWO_SECONDS = """
-import os, time
+import os, signal, time
 end = time.monotonic() + 2.0
 out = os.open({target!r}, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
 while time.monotonic() < end:
     os.write(out, b"line\\n")
     time.sleep(0.2)
-time.sleep(60)
+signal.pause()
 """
 
 
@@ -176,13 +178,13 @@ def test_output_resets_the_idle_timer(session: Sessions, target: str) -> None:
 
 
 DAEMON = """
-import os, sys, time
+import os, signal, sys
 if os.fork() == 0:
     os.setsid()
     if os.fork() == 0:
         with open("grandchild.pid", "w") as f:
             f.write(str(os.getpid()))
-        time.sleep(60)
+        signal.pause()
     os._exit(0)
 os.wait()
 """
@@ -208,7 +210,7 @@ def test_a_daemonised_grandchild_is_found_and_stopped(session: Sessions) -> None
 def test_a_session_that_ignores_term_is_killed_after_the_grace(session: Sessions) -> None:
     stubborn = session.spawn(
         "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); open('ready', 'w').close(); "
-        "time.sleep(60)"
+        "signal.pause()"
     )
     wait_until((session.state_dir / "ready").exists, timeout=10)
     supervisor = session.supervise(
