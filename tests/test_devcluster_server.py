@@ -171,3 +171,20 @@ async def test_request_log_is_bounded_and_counts_are_kept(
     assert len(server.requests) == 50
     assert server.counts["GET"] == 80
     assert server.requests[-1].path == "/version"
+
+
+async def test_malformed_parameters_are_400s_not_server_errors(http: aiohttp.ClientSession) -> None:
+    await _install_crds(http)
+    async with http.post(DISPATCHES, json=_dispatch("a")):
+        pass
+    async with http.get(f"{DISPATCHES}?watch=true&timeoutSeconds=soon") as response:
+        assert response.status == 400
+        assert "timeoutSeconds" in (await response.json())["message"]
+    async with http.delete(f"{DISPATCHES}/a?gracePeriodSeconds=x") as response:
+        assert response.status == 400
+    async with http.put(f"{DISPATCHES}/a", json={"metadata": "a"}) as response:
+        assert response.status == 400
+    async with http.post("/api/v1", json={}) as response:
+        assert response.status == 405
+    async with http.get(f"{DISPATCHES}?labelSelector=bad%20key%3D1") as response:
+        assert response.status == 400

@@ -258,6 +258,10 @@ class ApiServer:
     def _target(self, prefix: tuple[str, str], rest: list[str]) -> Target:
         group, version = prefix
         namespace: str | None = None
+        if not rest:
+            raise ApiError(
+                405, "MethodNotAllowed", "the server does not allow this method on a group version"
+            )
         if rest[0] == "namespaces" and not (
             group == "" and (len(rest) <= 2 or rest[2] in ("status", "finalize"))
         ):
@@ -335,7 +339,7 @@ class ApiServer:
                 kind,
                 namespace,
                 name,
-                grace_seconds=None if grace is None else int(grace),
+                grace_seconds=None if grace is None else _integer("gracePeriodSeconds", grace),
                 propagation=str(
                     query.get("propagationPolicy", options.get("propagationPolicy") or "Background")
                 ),
@@ -378,6 +382,7 @@ class ApiServer:
         since_text = query.get("resourceVersion", "")
         initial_events = query.get("sendInitialEvents") == "true"
         since = None if initial_events or since_text in ("", "0") else _resource_version(since_text)
+        timeout = _integer("timeoutSeconds", query["timeoutSeconds"]) if query.get("timeoutSeconds") else None
         as_table = tables.wants_table(request.headers.get("Accept", ""))
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
@@ -399,7 +404,7 @@ class ApiServer:
                 await send(event_type, obj)
             if initial_events:
                 await send("BOOKMARK", self._bookmark(kind, {"k8s.io/initial-events-end": "true"}))
-            await self._stream(request, kind, subscription.events, send)
+            await self._stream(request, kind, subscription.events, send, timeout)
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
@@ -413,10 +418,10 @@ class ApiServer:
         kind: ResourceType,
         events: asyncio.Queue[tuple[str, Object]],
         send: Callable[[str, Object], Any],
+        timeout: int | None,
     ) -> None:
         loop = asyncio.get_running_loop()
-        timeout = request.query.get("timeoutSeconds")
-        ends = loop.time() + float(timeout) if timeout else None
+        ends = None if timeout is None else loop.time() + timeout
         bookmarks = request.query.get("allowWatchBookmarks") == "true"
         while not self._closing.is_set():
             wait = self.bookmark_seconds if ends is None else min(self.bookmark_seconds, ends - loop.time())
@@ -476,6 +481,14 @@ def _warnings(warnings: tuple[str, ...]) -> dict[str, str] | None:
     if not warnings:
         return None
     return {"Warning": ", ".join(f'299 - "{warning}"' for warning in warnings)}
+
+
+def _integer(name: str, value: object) -> int:
+    """A numeric query or DeleteOptions parameter; a bad one is the client's error (400), not ours."""
+    try:
+        return int(str(value))
+    except ValueError:
+        raise bad_request(f"{name}: invalid value {value!r}: must be an integer") from None
 
 
 def _resource_version(text: str) -> int:

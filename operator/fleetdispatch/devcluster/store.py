@@ -338,6 +338,8 @@ class Store:
             raise bad_request("the body of the request must be a JSON object")
         current = self.get(kind, namespace, name)
         metadata = body.get("metadata") or {}
+        if not isinstance(metadata, dict):
+            raise bad_request("metadata must be a JSON object")
         if metadata.get("name") not in (None, name):
             raise bad_request(
                 f"the name of the object ({metadata.get('name')}) does not match the name on the URL ({name})"
