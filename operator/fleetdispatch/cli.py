@@ -3,7 +3,7 @@
 `validate` checks manifests offline exactly as the API server (CRD schema and CEL rules) and the operator
 (the models) would, so a GitOps pipeline can refuse a bad dispatch before it reaches a cluster. `supervise`
 runs beside a session as its pod's sidecar (see `supervisor`). `dev` runs the dev cluster (see
-`devcluster`). The operator joins as a subcommand of its own.
+`devcluster`) with the operator in it. `operator` runs the operator (see `controller`).
 
 Each subcommand imports its module only when it runs: the supervisor's memory budget (30 MiB) leaves no
 room for pydantic, the CEL evaluator or kopf, which `validate` and the operator need.
@@ -84,6 +84,41 @@ def run_dev(kubeconfig: Path, port: int, runtime: str) -> int:
     return 0
 
 
+def run_operator(namespaces: Sequence[str], overrides: dict[str, object], verbose: bool) -> int:
+    """``fleetdispatch operator``: the kopf operator, until SIGINT or SIGTERM."""
+    import asyncio
+
+    import kopf
+
+    from fleetdispatch import controller
+    from fleetdispatch.settings import OperatorSettings, SettingsError
+
+    try:
+        options = OperatorSettings.from_env(overrides=overrides)
+    except SettingsError as error:
+        print(f"fleetdispatch operator: {error}", file=sys.stderr)
+        return 2
+    kopf.configure(verbose=verbose)
+    asyncio.run(controller.run(options, namespaces=namespaces))
+    return 0
+
+
+def _add_operator_flags(parser: argparse.ArgumentParser) -> list[str]:
+    """One flag per operator setting (`--supervisor-image` for `supervisor_image`), from the one model."""
+    from fleetdispatch.settings import ENV_PREFIX, OperatorSettings
+
+    names = []
+    for name, info in OperatorSettings.model_fields.items():
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=f"setting_{name}",
+            metavar="VALUE",
+            help=f"{info.description} (${ENV_PREFIX}{name.upper()}; default: {info.default})",
+        )
+        names.append(name)
+    return names
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fleetdispatch", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"fleetdispatch {__version__}")
@@ -122,7 +157,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         "the deadline passes or its output stalls.",
     )
     deadline.add_arguments(supervise, os.environ)
+    operate = commands.add_parser(
+        "operator",
+        help="run the operator: one supervised pod per attempt of every FleetDispatch",
+        description="Run the fleet-dispatch operator (kopf). Credentials come from the in-cluster service "
+        "account, else the kubeconfig ($KUBECONFIG or ~/.kube/config). Every setting is also read from "
+        "its environment variable.",
+    )
+    operate.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable; default: all namespaces)",
+    )
+    operate.add_argument("--verbose", action="store_true", help="log every event kopf handles")
+    settings = _add_operator_flags(operate)
     args = parser.parse_args(argv)
+    if args.command == "operator":
+        overrides = {name: getattr(args, f"setting_{name}") for name in settings}
+        return run_operator(args.namespace, overrides, args.verbose)
     if args.command == "validate":
         return validate(args.paths)
     if args.command == "dev":

@@ -15,6 +15,7 @@ thread-safe (one loop owns it, as one process owns a real API server's state).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import tempfile
 import threading
@@ -27,7 +28,8 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from fleetdispatch import validation
-from fleetdispatch.devcluster.resources import CRDS
+from fleetdispatch.api import GROUP, VERSION
+from fleetdispatch.devcluster.resources import CRDS, PODS
 from fleetdispatch.devcluster.runtime import LocalRuntime
 from fleetdispatch.devcluster.server import ApiServer
 from fleetdispatch.devcluster.store import Store
@@ -167,6 +169,14 @@ class BackgroundCluster:
             self._loop.close()
 
 
+async def _operator_watching(cluster: DevCluster, task: asyncio.Task[None]) -> None:
+    """Until the operator watches dispatches and pods (or has died, which the caller reports)."""
+    dispatches = cluster.store.kind(GROUP, VERSION, "fleetdispatches")
+    kinds = [PODS] if dispatches is None else [PODS, dispatches]
+    while not task.done() and not all(cluster.store.watching(kind) for kind in kinds):
+        await asyncio.sleep(0.05)
+
+
 async def serve(
     *,
     kubeconfig_path: Path,
@@ -174,8 +184,13 @@ async def serve(
     runtime: RuntimeMode,
     announce: Callable[[str], None],
     stop: asyncio.Event | None = None,
+    operator: bool = True,
 ) -> None:
-    """What ``fleetdispatch dev`` does: serve until ``stop`` is set (by default on SIGINT or SIGTERM)."""
+    """What ``fleetdispatch dev`` does: serve until ``stop`` is set (by default on SIGINT or SIGTERM).
+
+    With ``operator``, the operator runs in the same event loop, talking to the API server over HTTP like
+    any client, and ``ready`` is announced only once it watches.
+    """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
@@ -184,8 +199,32 @@ async def serve(
         kubeconfig_path.write_text(kubeconfig(cluster.url), encoding="utf-8")
         announce(f"fleetdispatch dev: API server at {cluster.url}, pod runtime: {runtime}")
         announce(f"export KUBECONFIG={kubeconfig_path.resolve()}")
-        announce("ready: CRDs served; state is in memory and goes away on exit (Ctrl-C to stop)")
+        operator_stop = asyncio.Event()
+        task: asyncio.Task[None] | None = None
+        if operator:
+            from fleetdispatch import controller
+            from fleetdispatch.settings import OperatorSettings
+
+            options = OperatorSettings(metrics_port=0, health_port=0)
+            task = asyncio.create_task(
+                controller.run(options, server=cluster.url, stop_flag=operator_stop),
+                name="fleetdispatch-operator",
+            )
+            await _operator_watching(cluster, task)
+            if task.done():
+                await task  # its error, rather than a dev cluster that silently runs nothing
+            # kopf installs its own SIGINT/SIGTERM handlers; ours stop the operator, then everything else.
+            for signal_number in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signal_number, stop.set)
+        what = "CRDs served, operator watching" if operator else "CRDs served, no operator"
+        announce(f"ready: {what}; state is in memory and goes away on exit (Ctrl-C to stop)")
         await stop.wait()
         announce("stopping: killing session processes, closing the API server")
+        if task is not None:
+            # kopf's graceful stop waits for its watch requests to end; the API server is ours and about
+            # to close, so after a short grace the operator is cancelled instead (it holds no state).
+            operator_stop.set()
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(task, 1.0)
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         loop.remove_signal_handler(signal_number)

@@ -270,6 +270,10 @@ class Store:
     def unsubscribe(self, subscription: Subscription) -> None:
         self._subscriptions.get(subscription.key, set()).discard(subscription)
 
+    def watching(self, kind: ResourceType) -> int:
+        """How many watches of `kind` are open (the dev command waits for the operator's)."""
+        return len(self._subscriptions.get(kind.key, ()))
+
     def watchers(self) -> int:
         return sum(len(subscriptions) for subscriptions in self._subscriptions.values())
 

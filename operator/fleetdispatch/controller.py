@@ -1,0 +1,472 @@
+"""The kopf shell: watch dispatches and their pods, run the lifecycle, carry out its decisions.
+
+Run it with `fleetdispatch operator`, or with kopf itself: `kopf run --standalone -A -m
+fleetdispatch.controller`. Its parts:
+
+- **Level-triggered, one queue.** Watch events only record what the cluster holds and put the dispatch's
+  key on a work queue; a pool of workers takes keys off it and reconciles each from the latest state. A key
+  is never worked on by two workers at once, and events that arrive while it is worked on coalesce into one
+  more pass (the controller-runtime work queue, in a few lines). So the handlers are `kopf.on.event`, not
+  kopf's create/update/resume handlers: those keep kopf's bookkeeping in annotations (one more write per
+  change) and run per cause, where the lifecycle wants the whole picture at once. kopf's own annotations,
+  should a future handler need them, are under our prefix.
+- **Pods through a kopf index.** Pods labelled `fleet.dispatch.dev/dispatch` are indexed by their
+  dispatch, as the small `PodView` the lifecycle reads. kopf fills every index from a full listing before any
+  other handler runs, so after a restart no dispatch is judged against a partial picture of its pods.
+- **Read your own writes.** A pod just created, or a status just written, is used at once, before its
+  watch event arrives: the response replaces the cached object. Status writes carry the
+  `resourceVersion` they were computed from, so a decision made on a stale view is refused (409), the
+  object is read again and the decision made anew; nothing is ever written from an outdated picture.
+- **Wake-ups are timers on the loop**, one per dispatch, set from the decision's `wake_at`, which the
+  lifecycle derives from the status (`requeueAt`, the backstop). A restart recomputes them; nothing lives
+  only in memory.
+- **Bounded retries.** A reconcile that fails (the API server is down, a 5xx) is retried after 1, 2, 4 ...
+  seconds, at most 5 minutes apart, and counted in the metrics; a dispatch whose spec cannot be acted upon is
+  reported `Stalled` once by the lifecycle and not retried at all.
+
+Deliberately not here: any judgement (that is `lifecycle`, `classify`), building pods (`podspec`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from fleetdispatch import api, lifecycle, podspec
+from fleetdispatch.api import FleetDispatchSpec, FleetDispatchStatus, InvalidSpec
+from fleetdispatch.kubeapi import MERGE_PATCH, ApiError, Credentials, KubeApi
+from fleetdispatch.metrics import Metrics
+from fleetdispatch.metrics import serve as serve_metrics
+from fleetdispatch.podstatus import DISPATCH_LABEL, PodView, observe
+from fleetdispatch.settings import OperatorSettings
+
+logger = logging.getLogger("fleetdispatch.controller")
+
+Key = tuple[str, str]  # (namespace, name)
+COMPONENT = "fleet-dispatch"
+RETRY_MAX_SECONDS = 300.0
+PLURAL = "fleetdispatches"
+
+
+def status_patch(stored: Mapping[str, Any], wanted: FleetDispatchStatus) -> dict[str, Any]:
+    """The merge patch from the stored status to `wanted`: changed fields, and None for cleared ones.
+
+    Compared with what is stored (not with a re-parse of it), so defaults such as `failures: 0` are
+    written once and fields of a newer operator version that this model does not know are left alone.
+    """
+    after = wanted.model_dump(by_alias=True, mode="json", exclude_none=True)
+    patch = {k: v for k, v in after.items() if stored.get(k) != v}
+    known = {info.alias or name for name, info in FleetDispatchStatus.model_fields.items()}
+    patch.update({k: None for k in stored if k in known and k not in after})
+    return patch
+
+
+def _rv(value: Any) -> int | None:
+    """A resourceVersion as a number when it is one (it is on real clusters and here), else None."""
+    return int(value) if isinstance(value, str) and value.isdigit() else None
+
+
+@dataclass
+class Cached:
+    """What the controller keeps of one dispatch: the latest object, and its parsed spec."""
+
+    body: dict[str, Any]
+    spec: FleetDispatchSpec | None = None
+    invalid: str | None = None
+    parsed_generation: int | None = None
+
+
+@dataclass
+class Controller:
+    settings: OperatorSettings
+    api: KubeApi
+    metrics: Metrics
+    pods: Callable[[Key], Iterable[PodView]] = lambda key: ()
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    dispatches: dict[Key, Cached] = field(default_factory=dict)
+    created: dict[Key, PodView] = field(default_factory=dict)  # pods created, not yet seen by a watch
+    _queue: asyncio.Queue[Key] = field(default_factory=asyncio.Queue)
+    _dirty: set[Key] = field(default_factory=set)
+    _working: set[Key] = field(default_factory=set)
+    _wakes: dict[Key, asyncio.TimerHandle] = field(default_factory=dict)
+    _failures: dict[Key, int] = field(default_factory=dict)
+    _workers: list[asyncio.Task[None]] = field(default_factory=list)
+
+    # --- what the watches tell us ------------------------------------------------------------------
+
+    def saw_dispatch(self, body: Mapping[str, Any], deleted: bool = False) -> None:
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        if deleted:
+            self.dispatches.pop(key, None)
+            self._cancel_wake(key)
+            return
+        cached = self.dispatches.get(key)
+        if cached is not None:
+            old_meta = cached.body.get("metadata") or {}
+            new_rv, old_rv = _rv(meta.get("resourceVersion")), _rv(old_meta.get("resourceVersion"))
+            same_object = old_meta.get("uid") == meta.get("uid")
+            if same_object and new_rv is not None and old_rv is not None and new_rv <= old_rv:
+                return  # our own write, already known from its response, or an older event
+            if same_object:
+                cached.body = dict(body)
+                self.enqueue(key)
+                return
+        self.dispatches[key] = Cached(dict(body))
+        self.enqueue(key)
+
+    def saw_pod(self, namespace: str, pod_name: str, dispatch: str) -> None:
+        self.created.pop((namespace, pod_name), None)
+        self.enqueue((namespace, dispatch))
+
+    def phase_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for cached in self.dispatches.values():
+            phase = (cached.body.get("status") or {}).get("phase") or "Pending"
+            counts[phase] = counts.get(phase, 0) + 1
+        return counts
+
+    # --- the work queue ----------------------------------------------------------------------------
+
+    def enqueue(self, key: Key) -> None:
+        if key in self._dirty:
+            return
+        self._dirty.add(key)
+        if key not in self._working:
+            self._queue.put_nowait(key)
+
+    def start(self) -> None:
+        for number in range(self.settings.workers):
+            self._workers.append(asyncio.create_task(self._work(), name=f"fleetdispatch-worker-{number}"))
+
+    async def stop(self) -> None:
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        for handle in self._wakes.values():
+            handle.cancel()
+        await self.api.close()
+
+    async def _work(self) -> None:
+        while True:
+            key = await self._queue.get()
+            self._dirty.discard(key)
+            self._working.add(key)
+            started = time.perf_counter()
+            try:
+                await self.reconcile(key)
+                self._failures.pop(key, None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                failures = self._failures[key] = self._failures.get(key, 0) + 1
+                delay = min(2.0 ** (failures - 1), RETRY_MAX_SECONDS)
+                self.metrics.reconcile_errors.inc()
+                logger.warning("reconciling %s/%s failed (retry in %g s): %s", *key, delay, error)
+                self._wake_in(key, delay)
+            finally:
+                self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
+                self._working.discard(key)
+                if key in self._dirty:
+                    self._queue.put_nowait(key)
+
+    def _cancel_wake(self, key: Key) -> None:
+        handle = self._wakes.pop(key, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _wake_in(self, key: Key, seconds: float) -> None:
+        self._cancel_wake(key)
+        loop = asyncio.get_running_loop()
+        self._wakes[key] = loop.call_later(max(seconds, 0.0), self._woken, key)
+
+    def _woken(self, key: Key) -> None:
+        self._wakes.pop(key, None)
+        self.enqueue(key)
+
+    # --- one reconcile -----------------------------------------------------------------------------
+
+    def _parse(self, cached: Cached) -> None:
+        generation = int((cached.body.get("metadata") or {}).get("generation") or 0)
+        if cached.parsed_generation == generation:
+            return
+        cached.parsed_generation = generation
+        try:
+            api.check_name(str(cached.body["metadata"]["name"]))
+            spec = api.parse_spec(cached.body.get("spec"))
+            podspec.check_template(spec)
+        except InvalidSpec as error:
+            cached.spec, cached.invalid = None, str(error)
+        else:
+            cached.spec, cached.invalid = spec, None
+
+    def _pods(self, key: Key) -> list[PodView]:
+        seen = {pod.name: pod for pod in self.pods(key)}
+        for (namespace, name), pod in self.created.items():
+            if namespace == key[0] and name not in seen and name.rpartition("-")[0] == key[1]:
+                seen[name] = pod
+        return list(seen.values())
+
+    async def reconcile(self, key: Key) -> None:
+        cached = self.dispatches.get(key)
+        if cached is None or (cached.body.get("metadata") or {}).get("deletionTimestamp"):
+            return
+        self._parse(cached)
+        body, meta = cached.body, cached.body["metadata"]
+        try:
+            status = FleetDispatchStatus.model_validate(body.get("status") or {})
+        except ValueError:
+            logger.warning("%s/%s: unreadable status, starting it afresh", *key)
+            status = FleetDispatchStatus()
+        dispatch = lifecycle.Dispatch(
+            name=key[1],
+            namespace=key[0],
+            uid=str(meta.get("uid")),
+            generation=int(meta.get("generation") or 0),
+            spec=cached.spec,
+            status=status,
+            invalid=cached.invalid,
+        )
+        now = self.clock()
+        limits = lifecycle.Limits(self.settings.history_limit, self.settings.backstop_margin_seconds)
+        pods = self._pods(key)
+        decision = lifecycle.reconcile(dispatch, pods, now, limits)
+        if decision.create is not None:
+            refused = await self._create_pod(dispatch, body, decision.create, now)
+            if refused is not None:
+                dispatch = lifecycle.Dispatch(**{**dispatch.__dict__, "spec": None, "invalid": refused})
+                decision = lifecycle.reconcile(dispatch, pods, now, limits)
+        for name in decision.delete:
+            await self._delete_pod(key[0], name)
+        patch = status_patch(body.get("status") or {}, decision.status)
+        if patch:
+            path = f"/apis/{api.API_VERSION}/namespaces/{key[0]}/{PLURAL}/{key[1]}/status"
+            request = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": patch}
+            try:
+                response = await self.api.request("PATCH", path, request, content_type=MERGE_PATCH)
+            except ApiError as error:
+                if error.status == 404:
+                    return
+                if error.status == 409:  # decided on a stale view: read it again, decide again
+                    fresh = await self.api.request(
+                        "GET", f"/apis/{api.API_VERSION}/namespaces/{key[0]}/{PLURAL}/{key[1]}"
+                    )
+                    self.saw_dispatch(fresh)
+                    self.enqueue(key)
+                    return
+                raise
+            if response:
+                cached.body = response
+        await self._record(dispatch, decision, status)
+        if decision.wake_at is not None:
+            self._wake_in(key, (decision.wake_at - self.clock()).total_seconds() + 0.05)
+        else:
+            self._cancel_wake(key)
+
+    async def _create_pod(
+        self,
+        dispatch: lifecycle.Dispatch,
+        body: Mapping[str, Any],
+        request: podspec.AttemptRequest,
+        now: datetime,
+    ) -> str | None:
+        """Create the attempt's pod; the API server's reason when it refuses the pod for good, else None."""
+        assert dispatch.spec is not None
+        ref = podspec.DispatchRef(dispatch.name, dispatch.namespace, dispatch.uid)
+        template = (body.get("spec") or {}).get("template") or {}
+        pod = podspec.build_pod(ref, dispatch.spec, template, request, now.timestamp(), self.settings)
+        name = pod["metadata"]["name"]
+        path = f"/api/v1/namespaces/{dispatch.namespace}/pods"
+        try:
+            created = await self.api.request("POST", path, pod)
+        except ApiError as error:
+            if error.status == 409:  # created before a restart, or a repeated decision: the same pod
+                created = await self.api.request("GET", f"{path}/{name}")
+            elif error.status in (400, 422):
+                return f"the API server refused the pod for attempt {request.attempt}: {error.message}"
+            else:
+                raise
+        self.created[(dispatch.namespace, name)] = observe(created)
+        self.metrics.attempts.inc()
+        return None
+
+    async def _delete_pod(self, namespace: str, name: str) -> None:
+        try:
+            await self.api.request(
+                "DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}", {"propagationPolicy": "Background"}
+            )
+        except ApiError as error:
+            if error.status != 404:
+                raise
+        self.created.pop((namespace, name), None)
+
+    async def _record(
+        self, dispatch: lifecycle.Dispatch, decision: lifecycle.Decision, before: FleetDispatchStatus
+    ) -> None:
+        """Metrics and Events for what the decision did; an Event that cannot be posted is only logged."""
+        for outcome in decision.outcomes:
+            self.metrics.attempts_ended.labels(outcome.reason, outcome.failure_class or "").inc()
+            if outcome.reason in ("DeadlineExceeded", "IdleTimeout", "SupervisorLost"):
+                self.metrics.stops.labels(outcome.reason).inc()
+            if outcome.verdict == "Requeue" and decision.status.phase == "Requeued":
+                self.metrics.requeues.inc()
+            initial, final = before.deadline, decision.status.deadline
+            if initial is not None and final is not None and final > initial:
+                self.metrics.deadline_extensions.inc()
+                self.metrics.deadline_extension_seconds.inc((final - initial).total_seconds())
+        for event in decision.events:
+            await self._post_event(dispatch, event)
+
+    async def _post_event(self, dispatch: lifecycle.Dispatch, event: lifecycle.Event) -> None:
+        now = self.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{dispatch.name}.", "namespace": dispatch.namespace},
+            "involvedObject": {
+                "apiVersion": api.API_VERSION,
+                "kind": "FleetDispatch",
+                "name": dispatch.name,
+                "namespace": dispatch.namespace,
+                "uid": dispatch.uid,
+            },
+            "type": event.type,
+            "reason": event.reason,
+            "message": event.message[:1024],
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": socket.gethostname(),
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self.api.request("POST", f"/api/v1/namespaces/{dispatch.namespace}/events", body)
+        except (TimeoutError, ApiError, OSError) as error:
+            logger.warning("cannot post an Event for %s/%s: %s", dispatch.namespace, dispatch.name, error)
+
+
+# --- kopf registration: module level, so `kopf run -m fleetdispatch.controller` works too -------------
+
+
+@dataclass
+class Runtime:
+    """The operator's shared state, in kopf's memo (every object's memo is a shallow copy of it)."""
+
+    options: OperatorSettings
+    metrics: Metrics
+    credentials: Credentials | None = None
+    controller: Controller | None = None
+    metrics_runner: Any = None
+
+    def controller_for(self, pods_index: Any) -> Controller:
+        """The controller, created on the first event: only then are kopf's credentials and index known."""
+        if self.controller is None:
+            if self.credentials is None:
+                raise kopf.TemporaryError("not logged in yet", delay=1)
+            kube = KubeApi(self.credentials, user_agent=f"{COMPONENT}/{api.VERSION}")
+
+            def pods(key: Key) -> Iterable[PodView]:
+                return pods_index.get(key, ())  # type: ignore[no-any-return]
+
+            self.controller = Controller(self.options, kube, self.metrics, pods=pods)
+            self.controller.start()
+        return self.controller
+
+
+@kopf.on.startup()
+async def _startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    options = getattr(memo, "options", None) or OperatorSettings.from_env()
+    settings.peering.standalone = True
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=api.GROUP, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{api.GROUP}/kopf-finalizer"
+    settings.persistence.consistency_timeout = 30
+    settings.watching.server_timeout = options.watch_timeout_seconds
+    settings.watching.client_timeout = options.watch_timeout_seconds + 30
+    settings.watching.connect_timeout = 30
+    settings.networking.request_timeout = 60
+    settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = COMPONENT
+    runtime = Runtime(options, Metrics())
+    runtime.metrics.count_phases = lambda: runtime.controller.phase_counts() if runtime.controller else {}
+    if options.metrics_port:
+        runtime.metrics_runner = await serve_metrics(runtime.metrics, options.metrics_port)
+    memo.runtime = runtime
+
+
+@kopf.on.login()
+def _login(memo: Any, **kwargs: Any) -> Any:
+    server = getattr(memo, "server", None)  # `fleetdispatch dev`: its own API server, no credentials
+    info = (
+        kopf.ConnectionInfo(server=server)
+        if server
+        else kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    )
+    if info is not None:
+        memo.runtime.credentials = Credentials.from_connection(info)
+    return info
+
+
+@kopf.index("pods", labels={DISPATCH_LABEL: kopf.PRESENT})
+def fleet_pods(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[Key, PodView]:
+    return {(str(namespace), labels[DISPATCH_LABEL]): observe(body)}
+
+
+@kopf.on.event("pods", labels={DISPATCH_LABEL: kopf.PRESENT})
+async def _pod_event(
+    namespace: str | None, name: str, labels: Mapping[str, str], memo: Any, **kwargs: Any
+) -> None:
+    memo.runtime.controller_for(kwargs["fleet_pods"]).saw_pod(str(namespace), name, labels[DISPATCH_LABEL])
+
+
+@kopf.on.event(api.GROUP, api.VERSION, PLURAL)
+async def _dispatch_event(event: kopf.RawEvent, memo: Any, **kwargs: Any) -> None:
+    controller = memo.runtime.controller_for(kwargs["fleet_pods"])
+    controller.saw_dispatch(event["object"], deleted=event.get("type") == "DELETED")
+
+
+@kopf.on.cleanup()
+async def _cleanup(memo: Any, **_: Any) -> None:
+    runtime: Runtime = memo.runtime
+    if runtime.controller is not None:
+        await runtime.controller.stop()
+    if runtime.metrics_runner is not None:
+        await runtime.metrics_runner.cleanup()
+
+
+async def run(
+    options: OperatorSettings,
+    *,
+    namespaces: Sequence[str] = (),
+    server: str | None = None,
+    stop_flag: asyncio.Event | None = None,
+    ready_flag: asyncio.Event | None = None,
+) -> None:
+    """Run the operator in this event loop until `stop_flag` is set (or a signal, when it is None).
+
+    `server` skips the login (kubeconfig or in-cluster service account) and talks to that URL without
+    credentials, as `fleetdispatch dev` does with its own API server.
+    """
+    liveness = f"http://0.0.0.0:{options.health_port}/healthz" if options.health_port else None
+    await kopf.operator(
+        clusterwide=not namespaces,
+        namespaces=list(namespaces),
+        standalone=True,
+        liveness_endpoint=liveness,
+        memo=kopf.Memo(options=options, server=server),
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+    )

@@ -1,0 +1,447 @@
+"""The lifecycle of a FleetDispatch: from what the cluster holds now, the next status and actions.
+
+`reconcile(dispatch, pods, now, limits) -> Decision` is the operator's whole judgement, as a pure function:
+the dispatch (spec, or why its spec is invalid, and status), the views of its pods, and the time. The
+decision is the status to write, at most one pod to create, pods to delete, when to look again, and the
+Events that explain each transition. The kopf shell only feeds it and carries the decision out.
+
+Phases (design section 1): `Pending` (an attempt is about to start or its pod is starting), `Running` (the
+session container started), `Backoff` (waiting before a retry), `Requeued` (waiting for a quota reset),
+`Suspended`, and the terminal `Succeeded` and `Failed`, which nothing leaves.
+
+Rules that make it safe to run again at any moment (after an operator restart, on a stale cache):
+- It is level-triggered: the decision depends only on its inputs, so running it twice on the same inputs
+  decides the same thing, and the second status write is empty.
+- At most one live pod per dispatch: a new attempt's pod is created only when no pod of the dispatch is
+  live (a pod being deleted still runs processes), and a live pod that is not the current attempt's is
+  deleted. Pod names are `<dispatch>-<attempt>`, so a create repeated after a crash finds the same pod.
+- A pod of a later attempt than the status knows (the operator died between creating it and writing the
+  status) is adopted as the current attempt instead of started again.
+- The status says when to continue: `requeueAt` is when the next attempt may start (a quota reset plus
+  jitter, or the end of a backoff), so a restarted operator computes the same wake-up.
+- Counters never pass their limits: a failure that would is the terminal one instead.
+
+An attempt ends when `classify.judge` says so, when its pod is gone (`PodDeleted`), or when the backstop
+deletes it: a pod still running `killGraceSeconds + backstop margin` past its supervisor's cap
+(`start + deadlineSeconds + maxExtensionSeconds`) means the supervisor did not stop the session, whatever
+the pod reports (`SupervisorLost`).
+
+Suspending deletes the running attempt's pod (its session gets TERM and the pod's grace period) without
+counting it as a failure, and the next attempt resumes it (`FLEET_RESUME=1` with the last resume token).
+Attempts after a quota requeue, a timeout or an infrastructure failure resume too; a retry after a logic
+failure starts afresh.
+
+Events: one per transition the operator decides (a pod created, a retry, a requeue, a suspension, the end).
+Pending to Running is mirrored from the pod and has none, because the kubelet's own `Started` event on the
+pod already says so, and a write saved per dispatch is a write saved per campaign member.
+
+Deliberately not here: reading outcomes (`classify`), backoff arithmetic (`backoff`), building the pod
+(`podspec`), any I/O or clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+
+from fleetdispatch import backoff, classify, conditions
+from fleetdispatch.api import AttemptRecord, FleetDispatchSpec, FleetDispatchStatus, Phase
+from fleetdispatch.classify import Outcome
+from fleetdispatch.podspec import AttemptRequest, pod_name
+from fleetdispatch.podstatus import PodView, parse_time
+
+TERMINAL: frozenset[Phase] = frozenset({"Succeeded", "Failed"})
+IN_FLIGHT: frozenset[Phase] = frozenset({"Pending", "Running"})
+WAITING: frozenset[Phase] = frozenset({"Backoff", "Requeued"})
+
+INVALID_SPEC = "InvalidSpec"
+BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+RESUME_LIMIT_EXCEEDED = "ResumeLimitExceeded"
+REQUEUE_LIMIT_EXCEEDED = "RequeueLimitExceeded"
+SUSPENDED = "Suspended"
+QUOTA_EXHAUSTED = "QuotaExhausted"
+RESUMING_CLASSES = frozenset({"Quota", "Timeout", "Infrastructure"})
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """One FleetDispatch as the lifecycle sees it: `spec` is None exactly when `invalid` says why."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    spec: FleetDispatchSpec | None
+    status: FleetDispatchStatus
+    invalid: str | None = None
+
+
+@dataclass(frozen=True)
+class Limits:
+    history_limit: int = 10
+    backstop_margin_seconds: int = 60
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: FleetDispatchStatus
+    create: AttemptRequest | None = None
+    delete: tuple[str, ...] = ()
+    wake_at: datetime | None = None
+    events: tuple[Event, ...] = ()
+    outcomes: tuple[Outcome, ...] = ()
+
+
+def backstop_at(spec: FleetDispatchSpec, started: datetime, margin_seconds: int) -> datetime:
+    """When a pod whose supervision started at `started` must have stopped, or be deleted."""
+    t = spec.timeouts
+    seconds = t.deadline_seconds + t.max_extension_seconds + t.kill_grace_seconds + margin_seconds
+    return started + timedelta(seconds=seconds)
+
+
+@dataclass
+class _Reconcile:
+    dispatch: Dispatch
+    pods: Sequence[PodView]
+    now: datetime
+    limits: Limits
+    status: FleetDispatchStatus
+    create: AttemptRequest | None = None
+    delete: list[str] = field(default_factory=list)
+    wakes: list[datetime] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    @property
+    def spec(self) -> FleetDispatchSpec:
+        assert self.dispatch.spec is not None
+        return self.dispatch.spec
+
+    # --- transitions ------------------------------------------------------------------------------------
+
+    def event(self, type_: Literal["Normal", "Warning"], reason: str, message: str) -> None:
+        self.events.append(Event(type_, reason, message))
+
+    def finish(self, phase: Phase, reason: str, message: str) -> None:
+        s = self.status
+        s.phase, s.reason, s.message = phase, reason, message
+        s.completion_time = self.now
+        s.requeue_at = None
+        kind: Literal["Normal", "Warning"] = "Normal" if phase == "Succeeded" else "Warning"
+        self.event(kind, reason if phase == "Failed" else phase, message)
+
+    def delete_pod(self, pod: PodView) -> None:
+        if not pod.deleting and pod.name not in self.delete:
+            self.delete.append(pod.name)
+
+    def wait_until(self, phase: Phase, until: datetime, reason: str, message: str) -> None:
+        s = self.status
+        s.phase, s.reason, s.message, s.requeue_at = phase, reason, message, until
+        self.event(
+            "Normal" if phase == "Requeued" else "Warning",
+            "Requeued" if phase == "Requeued" else "BackOff",
+            message,
+        )
+
+    # --- the steps --------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        s, d = self.status, self.dispatch
+        s.observed_generation = d.generation
+        if d.invalid is not None:
+            if s.phase not in TERMINAL:
+                s.failure_class = None
+                self.finish("Failed", INVALID_SPEC, d.invalid)
+            for pod in self.pods:
+                if pod.live:
+                    self.delete_pod(pod)
+            return
+        if s.phase in TERMINAL:
+            for pod in self.pods:
+                if pod.live:
+                    self.delete_pod(pod)
+            return
+        if s.phase is None:
+            s.phase = "Pending"
+        self.adopt()
+        current = self.current_pod()
+        for pod in self.pods:
+            # A pod whose session already ended stops on its own; deleting it would only lose its logs.
+            if pod.live and pod is not current and pod.session is None:
+                self.delete_pod(pod)
+        if s.phase in IN_FLIGHT and s.pod_name is not None:
+            self.follow(current)
+        if s.phase in TERMINAL:
+            return
+        if self.spec.suspend:
+            self.suspend(current)
+            return
+        if s.phase == "Suspended":
+            self.unsuspend()
+        if s.phase in WAITING or (s.phase == "Pending" and s.pod_name is None):
+            self.start_next()
+
+    def adopt(self) -> None:
+        """A pod of a later attempt than the status records was created just before a restart: follow it."""
+        s = self.status
+        later = [p for p in self.pods if p.attempt is not None and p.attempt > s.attempt]
+        if not later:
+            return
+        pod = max(later, key=lambda p: p.attempt or 0)
+        s.attempt, s.pod_name = pod.attempt or 0, pod.name
+        if s.phase not in IN_FLIGHT:
+            s.phase = "Pending"
+        s.requeue_at = None
+
+    def current_pod(self) -> PodView | None:
+        s = self.status
+        if s.phase not in IN_FLIGHT or s.pod_name is None:
+            return None
+        return next((p for p in self.pods if p.name == s.pod_name), None)
+
+    def follow(self, pod: PodView | None) -> None:
+        """The current attempt: mirror its progress, end it when it is over, enforce the backstop."""
+        s, policy = self.status, self.spec.failure_policy
+        if pod is None:
+            message = f"pod {s.pod_name} disappeared before its session finished (deleted by someone?)"
+            self.end_attempt(
+                classify.apply_policy(policy, classify.lost(classify.POD_DELETED, message)), None
+            )
+            return
+        outcome = classify.judge(policy, pod)
+        if outcome is not None:
+            self.end_attempt(outcome, pod)
+            return
+        started = pod.supervision_started_at
+        if started is not None:
+            t = self.spec.timeouts
+            if s.start_time is None:
+                s.start_time = started
+            if s.deadline is None:
+                s.deadline = started + timedelta(seconds=t.deadline_seconds)
+                s.deadline_cap = s.deadline + timedelta(seconds=t.max_extension_seconds)
+            limit = backstop_at(self.spec, started, self.limits.backstop_margin_seconds)
+            if self.now >= limit:
+                self.delete_pod(pod)
+                late = t.kill_grace_seconds + self.limits.backstop_margin_seconds
+                message = (
+                    f"pod {pod.name} was still running {late} s after its deadline cap: the supervisor did "
+                    "not stop the session, so the pod was deleted"
+                )
+                lost = classify.lost(classify.SUPERVISOR_LOST, message)
+                self.end_attempt(classify.apply_policy(policy, lost), pod)
+                return
+            self.wakes.append(limit)
+        if pod.session_started_at is not None and s.phase == "Pending":
+            s.phase, s.reason, s.message = "Running", "Running", f"session running in pod {pod.name}"
+        elif s.phase == "Pending" and pod.waiting_reason is not None:
+            s.reason = pod.waiting_reason
+            s.message = f"pod {pod.name}: {pod.waiting_reason}" + (
+                f": {pod.waiting_message}" if pod.waiting_message else ""
+            )
+
+    def end_attempt(self, outcome: Outcome, pod: PodView | None) -> None:
+        s, retry = self.status, self.spec.retry
+        self.outcomes.append(outcome)
+        started = pod.session_started_at or pod.pod_started_at if pod is not None else None
+        record = AttemptRecord(
+            attempt=s.attempt,
+            pod_name=s.pod_name,
+            start_time=started,
+            end_time=self.now,
+            outcome=outcome.reason,
+            exit_code=outcome.exit_code,
+            failure_class=outcome.failure_class,
+            message=outcome.message or None,
+        )
+        s.attempts = [*s.attempts, record][-self.limits.history_limit :]
+        self.mirror_report(outcome)
+        if outcome.resume_token:
+            s.resume_token = outcome.resume_token
+        s.failure_class = outcome.failure_class
+        what = f"attempt {s.attempt} ended: {outcome.reason}" + (
+            f": {outcome.message}" if outcome.message else ""
+        )
+        match outcome.verdict:
+            case "Succeed":
+                self.finish("Succeeded", outcome.reason, f"attempt {s.attempt} completed")
+            case "Fail":
+                self.finish("Failed", outcome.reason, what)
+            case "Retry":
+                s.failures += 1
+                s.resumes = 0
+                if s.failures >= retry.max_attempts:
+                    self.finish(
+                        "Failed",
+                        BACKOFF_LIMIT_EXCEEDED,
+                        f"{s.failures} attempts failed (retry.maxAttempts: {retry.max_attempts}); {what}",
+                    )
+                else:
+                    self.back_off(s.failures, what)
+            case "Ignore":
+                streak = 0
+                for past in reversed(s.attempts):
+                    if past.failure_class != "Infrastructure":
+                        break
+                    streak += 1
+                self.back_off(max(streak, 1), what)
+            case "Resume":
+                if s.resumes >= retry.max_resumes:
+                    self.finish(
+                        "Failed",
+                        RESUME_LIMIT_EXCEEDED,
+                        f"{s.resumes + 1} timeouts in a row (retry.maxResumes: {retry.max_resumes}); {what}",
+                    )
+                else:
+                    s.resumes += 1
+                    s.phase, s.pod_name, s.requeue_at = "Pending", None, None
+                    s.reason, s.message = outcome.reason, f"{what}; resuming"
+                    self.event("Normal", "Resuming", s.message)
+            case "Requeue":
+                if s.requeues >= retry.max_requeues:
+                    self.finish(
+                        "Failed",
+                        REQUEUE_LIMIT_EXCEEDED,
+                        f"{s.requeues + 1} quota stops (retry.maxRequeues: {retry.max_requeues}); {what}",
+                    )
+                    return
+                s.requeues += 1
+                s.resumes = 0
+                seed = f"{self.dispatch.uid}/{s.attempt}"
+                if outcome.reset_at is not None:
+                    base = max(outcome.reset_at.replace(microsecond=0), self.now)
+                    until = base + timedelta(seconds=backoff.requeue_jitter(retry.backoff, seed))
+                    when = f"the quota resets at {outcome.reset_at.isoformat()}"
+                else:
+                    until = self.now + timedelta(seconds=backoff.delay(retry.backoff, s.requeues, seed))
+                    when = "the quota reset time is unknown"
+                self.wait_until(
+                    "Requeued", until, QUOTA_EXHAUSTED, f"{what}; {when}; next attempt at {until.isoformat()}"
+                )
+
+    def back_off(self, failures: int, what: str) -> None:
+        s = self.status
+        seconds = backoff.delay(self.spec.retry.backoff, failures, f"{self.dispatch.uid}/{s.attempt}")
+        until = self.now + timedelta(seconds=seconds)
+        self.wait_until("Backoff", until, "BackOff", f"{what}; next attempt in {seconds} s")
+
+    def mirror_report(self, outcome: Outcome) -> None:
+        s, report = self.status, outcome.report
+        for key, attribute in (
+            ("deadline", "deadline"),
+            ("deadlineCap", "deadline_cap"),
+            ("lastActivityTime", "last_activity_time"),
+            ("lastOutputTime", "last_output_time"),
+        ):
+            value = parse_time(report.get(key))
+            if value is not None:
+                setattr(s, attribute, value.replace(microsecond=0))
+        if report.get("activityReason") in ("cpu", "api-connection", "output"):
+            s.activity_reason = report["activityReason"]  # type: ignore[assignment]
+
+    def suspend(self, current: PodView | None) -> None:
+        s = self.status
+        if s.phase in IN_FLIGHT and s.pod_name is not None:
+            if current is not None:
+                self.delete_pod(current)
+            record = AttemptRecord(
+                attempt=s.attempt,
+                pod_name=s.pod_name,
+                start_time=(current.session_started_at if current is not None else None),
+                end_time=self.now,
+                outcome=SUSPENDED,
+                message="suspended (spec.suspend); the next attempt resumes it",
+            )
+            s.attempts = [*s.attempts, record][-self.limits.history_limit :]
+        if s.phase != "Suspended":
+            s.phase, s.reason, s.message = "Suspended", SUSPENDED, "spec.suspend is true"
+            self.event("Normal", SUSPENDED, "spec.suspend is true: no attempt runs until it is false")
+
+    def unsuspend(self) -> None:
+        s = self.status
+        last = s.attempts[-1] if s.attempts else None
+        if s.requeue_at is not None and self.now < s.requeue_at:
+            s.phase = "Requeued" if last is not None and last.failure_class == "Quota" else "Backoff"
+        else:
+            s.phase, s.pod_name, s.requeue_at = "Pending", None, None
+        s.reason, s.message = "Resumed", "spec.suspend is false"
+        self.event("Normal", "Resumed", "spec.suspend is false: attempts continue")
+
+    def start_next(self) -> None:
+        s, retry = self.status, self.spec.retry
+        if s.requeue_at is not None and self.now < s.requeue_at:
+            self.wakes.append(s.requeue_at)
+            return
+        if any(p.live for p in self.pods):
+            return  # the last pod is still stopping; its deletion wakes us
+        if s.failures >= retry.max_attempts:  # the limit was lowered while waiting
+            self.finish(
+                "Failed",
+                BACKOFF_LIMIT_EXCEEDED,
+                f"{s.failures} attempts failed (spec.retry.maxAttempts is {retry.max_attempts})",
+            )
+            return
+        last = s.attempts[-1] if s.attempts else None
+        resume = last is not None and (last.failure_class in RESUMING_CLASSES or last.outcome == SUSPENDED)
+        attempt = s.attempt + 1
+        self.create = AttemptRequest(
+            attempt=attempt, resume=resume, resume_token=s.resume_token if resume else None
+        )
+        s.attempt, s.pod_name = attempt, pod_name(self.dispatch.name, attempt)
+        s.phase, s.requeue_at = "Pending", None
+        s.deadline = s.deadline_cap = None
+        s.reason = "Created"
+        s.message = f"created pod {s.pod_name} for attempt {attempt}" + (" (resuming)" if resume else "")
+        self.event("Normal", "Created", s.message)
+
+    def set_conditions(self) -> None:
+        s, generation, now = self.status, self.dispatch.generation, self.now
+        phase = s.phase or "Pending"
+        reason, message = s.reason or phase, s.message or ""
+        table: list[tuple[str, bool, str]] = [
+            (conditions.READY, phase == "Succeeded", "Succeeded" if phase == "Succeeded" else phase),
+            (conditions.RECONCILING, phase in IN_FLIGHT | WAITING, phase),
+            (conditions.STALLED, phase == "Failed", reason if phase == "Failed" else phase),
+            (conditions.REQUEUED, phase == "Requeued", QUOTA_EXHAUSTED if phase == "Requeued" else phase),
+            (conditions.SUSPENDED, phase == "Suspended", phase),
+        ]
+        result = list(s.conditions)
+        for type_, true, why in table:
+            result = conditions.set_condition(
+                result,
+                type_,
+                status="True" if true else "False",
+                reason=why,
+                message=message,
+                generation=generation,
+                now=now,
+            )
+        s.conditions = result
+
+
+def reconcile(
+    dispatch: Dispatch, pods: Sequence[PodView], now: datetime, limits: Limits = Limits()
+) -> Decision:
+    """The next status and actions for `dispatch`, whose pods (every one labelled with it) are `pods`."""
+    run = _Reconcile(
+        dispatch, pods, now.replace(microsecond=0), limits, dispatch.status.model_copy(deep=True)
+    )
+    run.run()
+    run.set_conditions()
+    return Decision(
+        status=run.status,
+        create=run.create,
+        delete=tuple(run.delete),
+        wake_at=min(run.wakes) if run.wakes else None,
+        events=tuple(run.events),
+        outcomes=tuple(run.outcomes),
+    )

@@ -1,0 +1,245 @@
+"""The operator process against a dev cluster without a pod runtime: the test plays the kubelet.
+
+Writing pod statuses by hand makes every phase reachable on demand, so these tests kill the operator with
+SIGKILL in each phase, change the world while it is down, and check that the restarted operator neither
+duplicates a pod nor loses a transition. They also cover what only a kubelet-less cluster can show
+exactly: evictions, the backstop (`SupervisorLost`), an invalid spec that slipped past the CRD (a CRD
+without schema), and the write budget of one dispatch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from fleetdispatch import validation
+from fleetdispatch.devcluster.resources import PODS
+from fleetdispatch.devcluster.stack import BackgroundCluster
+from operators import Namespace, OperatorProcess, eventually, running, terminated
+
+_names = itertools.count()
+
+
+def _schemaless_crd() -> dict[str, Any]:
+    """Our CRD with its schema and CEL rules removed: what an old or hand-edited install may serve."""
+    crd = json.loads(json.dumps(validation.crds()["FleetDispatch"]))
+    for version in crd["spec"]["versions"]:
+        version["schema"] = {
+            "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+        }
+    return crd
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[BackgroundCluster]:
+    crds = [_schemaless_crd(), validation.crds()["QuotaPool"]]
+    with BackgroundCluster(runtime="none", bookmark_seconds=0.5, crds=crds) as running_cluster:
+        yield running_cluster
+
+
+@pytest.fixture(scope="module")
+def operator(
+    cluster: BackgroundCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(cluster, tmp_path_factory.mktemp("operator"), "--backstop-margin-seconds=1")
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def ns(cluster: BackgroundCluster) -> Namespace:
+    return Namespace(cluster, f"restarts-{next(_names)}")
+
+
+def _now(offset: float = 0) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=offset)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _spec(**overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "template": {"spec": {"containers": [{"name": "session", "image": "busybox", "command": ["true"]}]}},
+        "retry": {"maxAttempts": 3, "backoff": {"baseSeconds": 1, "maxSeconds": 1, "jitterPercent": 0}},
+    }
+    spec.update(overrides)
+    return spec
+
+
+def _pod_names(ns: Namespace) -> list[str]:
+    return [p["metadata"]["name"] for p in ns.pods()]
+
+
+def test_one_successful_dispatch_costs_at_most_six_writes(
+    cluster: BackgroundCluster, operator: OperatorProcess, ns: Namespace
+) -> None:
+    ns.create("budget", _spec())
+    eventually(lambda: _pod_names(ns) == ["budget-1"], what="the first pod")
+    started = _now()
+    ns.pod_status("budget-1", running(started))
+    ns.wait_phase("budget", "Running")
+    ns.pod_status("budget-1", terminated(started, 0, reason="Completed"))
+    status = ns.wait_phase("budget", "Succeeded")
+    time.sleep(0.5)  # anything late would show up now
+    writes = ns.operator_writes(list(cluster.cluster.server.requests))  # type: ignore[union-attr]
+    assert len(writes) <= 6, writes
+    assert status["observedGeneration"] == 1
+    assert [r for r, _ in ns.events()] == ["Created", "Succeeded"]
+    pod = ns.pod("budget-1")
+    assert pod["metadata"]["ownerReferences"][0]["uid"] == ns.dispatch("budget")["metadata"]["uid"]
+
+
+def test_eviction_is_retried_without_spending_attempts(operator: OperatorProcess, ns: Namespace) -> None:
+    ns.create("evicted", _spec(retry={"maxAttempts": 1, "backoff": {"baseSeconds": 1, "jitterPercent": 0}}))
+    eventually(lambda: _pod_names(ns) == ["evicted-1"])
+    ns.pod_status(
+        "evicted-1",
+        {"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory."},
+    )
+    eventually(lambda: ns.status("evicted").get("podName") == "evicted-2", 10, "a second attempt")
+    status = ns.status("evicted")
+    assert status["failures"] == 0
+    assert status["attempts"][0]["outcome"] == "Evicted"
+    assert status["attempts"][0]["failureClass"] == "Infrastructure"
+
+
+def test_a_pod_running_past_its_cap_is_deleted_as_supervisor_lost(
+    operator: OperatorProcess, ns: Namespace
+) -> None:
+    timeouts = {"deadlineSeconds": 1, "maxExtensionSeconds": 0, "killGraceSeconds": 0, "idleOutputSeconds": 0}
+    ns.create("lost", _spec(timeouts=timeouts, activity={"pollSeconds": 1}))
+    eventually(lambda: _pod_names(ns) == ["lost-1"])
+    ns.pod_status("lost-1", running(_now()))  # a supervisor that never stops the session
+    status = ns.wait_phase("lost", "Backoff", 10)
+    assert status["attempts"][0]["outcome"] == "SupervisorLost"
+    assert "lost-1" not in _pod_names(ns) or ns.pod("lost-1")["metadata"].get("deletionTimestamp")
+
+
+def test_an_invalid_spec_that_slipped_past_the_crd_stalls_once_without_a_retry_storm(
+    cluster: BackgroundCluster, operator: OperatorProcess, ns: Namespace
+) -> None:
+    ns.create("broken", _spec(timeouts={"deadlineSeconds": "an hour"}))
+    status = ns.wait_phase("broken", "Failed")
+    stalled = ns.condition("broken", "Stalled")
+    assert stalled is not None and stalled["status"] == "True" and stalled["reason"] == "InvalidSpec"
+    assert "spec.timeouts.deadlineSeconds" in stalled["message"]
+    assert status["reason"] == "InvalidSpec"
+    time.sleep(2)
+    writes = ns.operator_writes(list(cluster.cluster.server.requests))  # type: ignore[union-attr]
+    assert len(writes) == 2, writes  # the status, one Event; no pod, no retries
+    assert _pod_names(ns) == []
+
+
+def test_restart_while_pending_creates_no_second_pod(operator: OperatorProcess, ns: Namespace) -> None:
+    ns.create("pending", _spec())
+    eventually(lambda: _pod_names(ns) == ["pending-1"])
+    ns.wait_phase("pending", "Pending")
+    operator.kill()
+    operator.start()
+    time.sleep(1)
+    assert _pod_names(ns) == ["pending-1"]
+    assert ns.status("pending")["attempt"] == 1
+
+
+def test_a_failure_while_the_operator_is_down_is_not_lost(operator: OperatorProcess, ns: Namespace) -> None:
+    ns.create("down", _spec())
+    eventually(lambda: _pod_names(ns) == ["down-1"])
+    started = _now()
+    ns.pod_status("down-1", running(started))
+    ns.wait_phase("down", "Running")
+    operator.kill()
+    ns.pod_status("down-1", terminated(started, 3))
+    operator.start()
+    eventually(lambda: ns.status("down").get("podName") == "down-2", 10, "attempt 2 after the backoff")
+    status = ns.status("down")
+    assert status["failures"] == 1
+    assert [a["exitCode"] for a in status["attempts"]] == [3]
+    assert _pod_names(ns) == ["down-1", "down-2"]
+
+
+def test_a_pod_created_just_before_a_crash_is_adopted(operator: OperatorProcess, ns: Namespace) -> None:
+    ns.create("adopt", _spec())
+    eventually(lambda: _pod_names(ns) == ["adopt-1"])
+    started = _now()
+    ns.pod_status("adopt-1", running(started))
+    ns.wait_phase("adopt", "Running")
+    operator.kill()
+    ns.pod_status("adopt-1", terminated(started, 3))
+    # As if the operator had created attempt 2's pod and died before writing the status.
+    pod = ns.pod("adopt-1")
+    clone = {
+        "metadata": {
+            "name": "adopt-2",
+            "labels": {**pod["metadata"]["labels"], "fleet.dispatch.dev/attempt": "2"},
+            "ownerReferences": pod["metadata"]["ownerReferences"],
+        },
+        "spec": pod["spec"],
+    }
+    ns.cluster.call(lambda c: c.store.create(PODS, ns.name, clone))
+    operator.start()
+    eventually(lambda: ns.status("adopt").get("attempt") == 2, 10, "attempt 2 adopted")
+    time.sleep(1.5)  # past the backoff: a duplicate would be created now
+    assert _pod_names(ns) == ["adopt-1", "adopt-2"]
+
+
+def test_requeued_and_suspended_survive_a_restart(operator: OperatorProcess, ns: Namespace) -> None:
+    ns.create("quota", _spec())
+    eventually(lambda: _pod_names(ns) == ["quota-1"])
+    started = _now()
+    outcome = {"reason": "QuotaExhausted", "resetAt": _now(3), "resumeToken": "tok-1"}
+    ns.pod_status("quota-1", terminated(started, 75, json.dumps(outcome)))
+    status = ns.wait_phase("quota", "Requeued")
+    requeued = ns.condition("quota", "Requeued")
+    assert requeued is not None and requeued["status"] == "True" and requeued["reason"] == "QuotaExhausted"
+    operator.kill()
+    operator.start()
+    assert ns.status("quota")["requeueAt"] == status["requeueAt"]
+    eventually(lambda: ns.status("quota").get("podName") == "quota-2", 10, "attempt 2 after the reset")
+    env = {e["name"]: e.get("value") for e in ns.pod("quota-2")["spec"]["containers"][0]["env"]}
+    assert env["FLEET_RESUME"] == "1" and env["FLEET_RESUME_TOKEN"] == "tok-1"
+    assert ns.status("quota")["failures"] == 0
+
+    ns.patch_spec("quota", {"suspend": True})
+    ns.wait_phase("quota", "Suspended")
+    eventually(lambda: "quota-2" not in _pod_names(ns), 5, "the suspended attempt's pod deleted")
+    operator.kill()
+    operator.start()
+    time.sleep(1)
+    assert ns.status("quota")["phase"] == "Suspended"
+    assert _pod_names(ns) == ["quota-1"]
+    ns.patch_spec("quota", {"suspend": False})
+    eventually(lambda: "quota-3" in _pod_names(ns), 10, "attempt 3 after unsuspending")
+
+
+def test_a_finished_dispatch_stays_finished_across_a_restart(
+    cluster: BackgroundCluster, operator: OperatorProcess, ns: Namespace
+) -> None:
+    ns.create("done", _spec())
+    eventually(lambda: _pod_names(ns) == ["done-1"])
+    ns.pod_status("done-1", terminated(_now(), 0, reason="Completed"))
+    ns.wait_phase("done", "Succeeded")
+    before = ns.dispatch("done")["metadata"]["resourceVersion"]
+    operator.kill()
+    operator.start()
+    time.sleep(1)
+    assert ns.dispatch("done")["metadata"]["resourceVersion"] == before
+    assert _pod_names(ns) == ["done-1"]
+
+
+def test_metrics_and_liveness_are_served(operator: OperatorProcess, ns: Namespace) -> None:
+    ns.create("seen", _spec())
+    eventually(lambda: _pod_names(ns) == ["seen-1"])
+    code, text = operator.get("/metrics")
+    assert code == 200
+    assert "fleetdispatch_attempts_total" in text
+    assert 'fleetdispatch_dispatches{phase="Pending"}' in text
+    assert "fleetdispatch_reconcile_duration_seconds_bucket" in text
+    code, _ = operator.get("/healthz")
+    assert code == 200
