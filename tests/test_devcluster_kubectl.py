@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,13 +9,11 @@ from pathlib import Path
 import pytest
 
 from fleetdispatch.devcluster.stack import BackgroundCluster
+from kubectl import Kubectl, needs_kubectl
 
 ROOT = Path(__file__).resolve().parent.parent
-KUBECTL = ROOT / ".tools" / "bin" / "kubectl"
 
-pytestmark = pytest.mark.skipif(
-    not KUBECTL.exists() and not os.environ.get("CI"), reason="kubectl not installed: run `make tools`"
-)
+pytestmark = needs_kubectl
 
 RUNNING_POD = """
 apiVersion: v1
@@ -37,33 +32,6 @@ spec:
 def cluster() -> Iterator[BackgroundCluster]:
     with BackgroundCluster(crds=[], bookmark_seconds=0.5) as running:
         yield running
-
-
-class Kubectl:
-    def __init__(self, kubeconfig: Path) -> None:
-        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-        self.binary = str(KUBECTL) if KUBECTL.exists() else shutil.which("kubectl") or "kubectl"
-
-    def run(
-        self, *args: str, stdin: str | None = None, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [self.binary, *args],
-            input=stdin,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
-        return result
-
-    def start(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [self.binary, *args], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
 
 
 @pytest.fixture

@@ -372,7 +372,11 @@ class Runtime:
         if self.controller is None:
             if self.credentials is None:
                 raise kopf.TemporaryError("not logged in yet", delay=1)
-            kube = KubeApi(self.credentials, user_agent=f"{COMPONENT}/{api.VERSION}")
+            kube = KubeApi(
+                self.credentials,
+                user_agent=f"{COMPONENT}/{api.VERSION}",
+                on_response=lambda verb, code: self.metrics.api_requests.labels(verb, str(code)).inc(),
+            )
 
             def pods(key: Key) -> Iterable[PodView]:
                 return pods_index.get(key, ())  # type: ignore[no-any-return]

@@ -19,7 +19,7 @@ import ssl
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,8 +85,15 @@ class Credentials:
 
 
 class KubeApi:
-    def __init__(self, credentials: Credentials, *, user_agent: str = "fleet-dispatch") -> None:
+    def __init__(
+        self,
+        credentials: Credentials,
+        *,
+        user_agent: str = "fleet-dispatch",
+        on_response: Callable[[str, int], None] | None = None,
+    ) -> None:
         self.credentials = credentials
+        self._on_response = on_response
         self.counts: Counter[tuple[str, int]] = Counter()
         self._user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
@@ -137,6 +144,8 @@ class KubeApi:
             method, self.credentials.server + path, json=body, headers=headers, params=params
         ) as response:
             self.counts[(method, response.status)] += 1
+            if self._on_response is not None:
+                self._on_response(method, response.status)
             try:
                 payload = await response.json(content_type=None)
             except ValueError:
