@@ -84,6 +84,9 @@ def test_to_args_round_trips() -> None:
     )
     assert SupervisorConfig.parse(config.to_args(), environ={}) == config
     assert SupervisorConfig.parse(CONFIG.to_args(), environ={}) == CONFIG
+    # activity.apiEndpoints: [] means no endpoint, not the default one.
+    no_endpoints = dataclasses.replace(CONFIG, api_endpoints=())
+    assert SupervisorConfig.parse(no_endpoints.to_args(), environ={}).api_endpoints == ()
 
 
 def test_marker_and_state_dir_come_from_the_environment() -> None:

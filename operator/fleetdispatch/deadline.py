@@ -91,6 +91,8 @@ class SupervisorConfig:
             f"--cpu-percent-threshold={self.cpu_percent_threshold}",
         ]
         args += [f"--api-endpoint={endpoint}" for endpoint in self.api_endpoints]
+        if not self.api_endpoints:
+            args.append("--no-api-endpoints")
         args += [f"--output-path={path}" for path in self.output_paths]
         args += [f"--state-dir={self.state_dir}", f"--dispatch={self.dispatch}", f"--attempt={self.attempt}"]
         for flag, value in (
@@ -183,6 +185,11 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
         help="activity.apiEndpoints, repeatable: host:port, [ipv6]:port or :port (default :443)",
     )
     spec.add_argument(
+        "--no-api-endpoints",
+        action="store_true",
+        help="activity.apiEndpoints: []: no connection counts as activity",
+    )
+    spec.add_argument(
         "--output-path",
         dest="output_paths",
         action="append",
@@ -254,7 +261,11 @@ def from_namespace(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
             parser.error(f"--output-path {path!r}: relative to --state-dir, without '..'")
     names = {f.name for f in dataclasses.fields(SupervisorConfig)}
     values = {key: value for key, value in vars(args).items() if key in names}
-    values["api_endpoints"] = tuple(args.api_endpoints or SupervisorConfig.api_endpoints)
+    if args.no_api_endpoints and args.api_endpoints:
+        parser.error("--no-api-endpoints and --api-endpoint contradict each other")
+    values["api_endpoints"] = (
+        () if args.no_api_endpoints else tuple(args.api_endpoints or SupervisorConfig.api_endpoints)
+    )
     values["output_paths"] = tuple(args.output_paths)
     return SupervisorConfig(**values)
 
