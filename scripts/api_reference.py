@@ -128,7 +128,24 @@ def validate_example() -> str:
     return f"```yaml\n{EXAMPLE}```\n\n```\n{verdict.explain()}\n```\n"
 
 
-SECTIONS = {"api-reference": tables, "cel-rules": cel_rules, "validate-example": validate_example}
+def operator_settings() -> str:
+    """The operator's settings: flag, environment variable, default, meaning (from `OperatorSettings`)."""
+    from fleetdispatch.settings import ENV_PREFIX, OperatorSettings
+
+    lines = ["| flag | environment variable | default | meaning |", "| --- | --- | --- | --- |"]
+    for name, info in OperatorSettings.model_fields.items():
+        default = "none" if info.default is None else f"`{info.default}`"
+        flag = f"--{name.replace('_', '-')}"
+        lines.append(f"| `{flag}` | `{ENV_PREFIX}{name.upper()}` | {default} | {info.description} |")
+    return "\n".join(lines) + "\n"
+
+
+SECTIONS = {
+    "api-reference": tables,
+    "cel-rules": cel_rules,
+    "validate-example": validate_example,
+    "operator-settings": operator_settings,
+}
 
 
 def section_pattern(name: str) -> re.Pattern[str]:

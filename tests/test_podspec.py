@@ -368,7 +368,7 @@ def test_metadata_names_labels_and_owns_the_pod() -> None:
         "name": "review-3",
         "namespace": "team-a",
         "labels": {"team": "a", podspec.DISPATCH_LABEL: "review", podspec.ATTEMPT_LABEL: "3"},
-        "annotations": {"note": "kept"},
+        "annotations": {"note": "kept", podspec.DEFAULT_CONTAINER_ANNOTATION: "session"},
         "ownerReferences": [
             {
                 "apiVersion": "fleet.dispatch.dev/v1alpha1",

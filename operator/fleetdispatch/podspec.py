@@ -69,6 +69,7 @@ from fleetdispatch.settings import OperatorSettings
 
 DISPATCH_LABEL = "fleet.dispatch.dev/dispatch"
 ATTEMPT_LABEL = "fleet.dispatch.dev/attempt"
+DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
 TOKEN_VOLUME = "fleet-token"
 
 TOKEN_DIR = "/var/run/fleet-token"
@@ -204,7 +205,11 @@ def build_pod(  # noqa: PLR0917 - one argument per input of the pure function, a
                 DISPATCH_LABEL: ref.name,
                 ATTEMPT_LABEL: str(request.attempt),
             },
-            "annotations": dict(metadata.get("annotations") or {}),
+            # `kubectl logs POD` and `kubectl exec` pick the session, not the supervisor listed first.
+            "annotations": {
+                DEFAULT_CONTAINER_ANNOTATION: session["name"],
+                **(metadata.get("annotations") or {}),
+            },
             "ownerReferences": [
                 {
                     "apiVersion": api.API_VERSION,
