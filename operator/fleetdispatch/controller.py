@@ -287,6 +287,7 @@ class Controller:
         path = f"/api/v1/namespaces/{dispatch.namespace}/pods"
         try:
             created = await self.api.request("POST", path, pod)
+            self.metrics.attempts.inc()
         except ApiError as error:
             if error.status == 409:  # created before a restart, or a repeated decision: the same pod
                 created = await self.api.request("GET", f"{path}/{name}")
@@ -295,7 +296,6 @@ class Controller:
             else:
                 raise
         self.created[(dispatch.namespace, name)] = observe(created)
-        self.metrics.attempts.inc()
         return None
 
     async def _delete_pod(self, namespace: str, name: str) -> None:

@@ -16,7 +16,12 @@ Rules that make it safe to run again at any moment (after an operator restart, o
   live (a pod being deleted still runs processes), and a live pod that is not the current attempt's is
   deleted. Pod names are `<dispatch>-<attempt>`, so a create repeated after a crash finds the same pod.
 - A pod of a later attempt than the status knows (the operator died between creating it and writing the
-  status) is adopted as the current attempt instead of started again.
+  status) is adopted as the current attempt instead of started again; if the current attempt's pod is
+  over, its end is decided first, so its counters and its history record are not lost.
+- The pod cache may lag behind the status the operator wrote: a current attempt's pod that is missing
+  while the attempt is `Pending` and its session was never seen running is asked for again (same name, so the
+  API server answers AlreadyExists when it exists), never taken for deleted. Once its session was seen
+  running, a missing pod was deleted (`PodDeleted`).
 - The status says when to continue: `requeueAt` is when the next attempt may start (a quota reset plus
   jitter, or the end of a backoff), so a restarted operator computes the same wake-up.
 - Counters never pass their limits: a failure that would is the terminal one instead.
@@ -29,7 +34,10 @@ the pod reports (`SupervisorLost`).
 Suspending deletes the running attempt's pod (its session gets TERM and the pod's grace period) without
 counting it as a failure, and the next attempt resumes it (`FLEET_RESUME=1` with the last resume token).
 Attempts after a quota requeue, a timeout or an infrastructure failure resume too; a retry after a logic
-failure starts afresh.
+failure starts afresh, and forgets the resume token, which belongs to the line of attempts it ends.
+
+A live pod whose session has ended is never deleted, in any phase: it stops on its own, and deleting it
+would only lose its logs (the succeeded attempt's, typically, while its supervisor sidecar stops).
 
 Events: one per transition the operator decides (a pod created, a retry, a requeue, a suspension, the end).
 Pending to Running is mirrored from the pod and has none, because the kubelet's own `Started` event on the
@@ -62,6 +70,8 @@ RESUME_LIMIT_EXCEEDED = "ResumeLimitExceeded"
 REQUEUE_LIMIT_EXCEEDED = "RequeueLimitExceeded"
 SUSPENDED = "Suspended"
 QUOTA_EXHAUSTED = "QuotaExhausted"
+# Waiting reasons every pod goes through; only the others (ImagePullBackOff, ...) are worth a status write.
+ROUTINE_WAITING = ("ContainerCreating", "PodInitializing")
 RESUMING_CLASSES = frozenset({"Quota", "Timeout", "Infrastructure"})
 
 
@@ -161,23 +171,16 @@ class _Reconcile:
             if s.phase not in TERMINAL:
                 s.failure_class = None
                 self.finish("Failed", INVALID_SPEC, d.invalid)
-            for pod in self.pods:
-                if pod.live:
-                    self.delete_pod(pod)
+            self.stop_others(None)
             return
         if s.phase in TERMINAL:
-            for pod in self.pods:
-                if pod.live:
-                    self.delete_pod(pod)
+            self.stop_others(None)
             return
         if s.phase is None:
             s.phase = "Pending"
         self.adopt()
         current = self.current_pod()
-        for pod in self.pods:
-            # A pod whose session already ended stops on its own; deleting it would only lose its logs.
-            if pod.live and pod is not current and pod.session is None:
-                self.delete_pod(pod)
+        self.stop_others(current)
         if s.phase in IN_FLIGHT and s.pod_name is not None:
             self.follow(current)
         if s.phase in TERMINAL:
@@ -190,17 +193,32 @@ class _Reconcile:
         if s.phase in WAITING or (s.phase == "Pending" and s.pod_name is None):
             self.start_next()
 
+    def stop_others(self, current: PodView | None) -> None:
+        for pod in self.pods:
+            # A pod whose session already ended stops on its own; deleting it would only lose its logs.
+            if pod.live and pod is not current and pod.session is None:
+                self.delete_pod(pod)
+
     def adopt(self) -> None:
         """A pod of a later attempt than the status records was created just before a restart: follow it."""
         s = self.status
         later = [p for p in self.pods if p.attempt is not None and p.attempt > s.attempt]
         if not later:
             return
+        ending = self.current_pod()
+        outcome = classify.judge(self.spec.failure_policy, ending) if ending is not None else None
+        if outcome is not None:
+            # The decision that created the later pod ended this attempt too, but its status was lost.
+            self.end_attempt(outcome, ending)
+            if s.phase in TERMINAL:
+                return
         pod = max(later, key=lambda p: p.attempt or 0)
         s.attempt, s.pod_name = pod.attempt or 0, pod.name
         if s.phase not in IN_FLIGHT:
             s.phase = "Pending"
         s.requeue_at = None
+        s.deadline = s.deadline_cap = None
+        s.reason, s.message = "Adopted", f"adopted pod {pod.name} of attempt {s.attempt}"
 
     def current_pod(self) -> PodView | None:
         s = self.status
@@ -211,6 +229,11 @@ class _Reconcile:
     def follow(self, pod: PodView | None) -> None:
         """The current attempt: mirror its progress, end it when it is over, enforce the backstop."""
         s, policy = self.status, self.spec.failure_policy
+        if pod is None and s.phase == "Pending" and s.deadline is None:
+            # Created but not in the cache yet, or deleted before it started: ask for it again.
+            if not self.spec.suspend and not any(p.live for p in self.pods):
+                self.create = self.request(s.attempt)
+            return
         if pod is None:
             message = f"pod {s.pod_name} disappeared before its session finished (deleted by someone?)"
             self.end_attempt(
@@ -222,13 +245,8 @@ class _Reconcile:
             self.end_attempt(outcome, pod)
             return
         started = pod.supervision_started_at
+        t = self.spec.timeouts
         if started is not None:
-            t = self.spec.timeouts
-            if s.start_time is None:
-                s.start_time = started
-            if s.deadline is None:
-                s.deadline = started + timedelta(seconds=t.deadline_seconds)
-                s.deadline_cap = s.deadline + timedelta(seconds=t.max_extension_seconds)
             limit = backstop_at(self.spec, started, self.limits.backstop_margin_seconds)
             if self.now >= limit:
                 self.delete_pod(pod)
@@ -242,8 +260,15 @@ class _Reconcile:
                 return
             self.wakes.append(limit)
         if pod.session_started_at is not None and s.phase == "Pending":
+            # One status write for the whole transition: the phase, and the budget it runs on.
             s.phase, s.reason, s.message = "Running", "Running", f"session running in pod {pod.name}"
-        elif s.phase == "Pending" and pod.waiting_reason is not None:
+            supervised = started or pod.session_started_at
+            if s.start_time is None:
+                s.start_time = supervised
+            if s.deadline is None:
+                s.deadline = supervised + timedelta(seconds=t.deadline_seconds)
+                s.deadline_cap = s.deadline + timedelta(seconds=t.max_extension_seconds)
+        elif s.phase == "Pending" and pod.waiting_reason not in (None, *ROUTINE_WAITING):
             s.reason = pod.waiting_reason
             s.message = f"pod {pod.name}: {pod.waiting_reason}" + (
                 f": {pod.waiting_message}" if pod.waiting_message else ""
@@ -390,18 +415,23 @@ class _Reconcile:
                 f"{s.failures} attempts failed (spec.retry.maxAttempts is {retry.max_attempts})",
             )
             return
-        last = s.attempts[-1] if s.attempts else None
-        resume = last is not None and (last.failure_class in RESUMING_CLASSES or last.outcome == SUSPENDED)
         attempt = s.attempt + 1
-        self.create = AttemptRequest(
-            attempt=attempt, resume=resume, resume_token=s.resume_token if resume else None
-        )
+        self.create = self.request(attempt)
+        resume = self.create.resume
+        if not resume:
+            s.resume_token = None
         s.attempt, s.pod_name = attempt, pod_name(self.dispatch.name, attempt)
         s.phase, s.requeue_at = "Pending", None
         s.deadline = s.deadline_cap = None
         s.reason = "Created"
         s.message = f"created pod {s.pod_name} for attempt {attempt}" + (" (resuming)" if resume else "")
         self.event("Normal", "Created", s.message)
+
+    def request(self, attempt: int) -> AttemptRequest:
+        s = self.status
+        last = s.attempts[-1] if s.attempts else None
+        resume = last is not None and (last.failure_class in RESUMING_CLASSES or last.outcome == SUSPENDED)
+        return AttemptRequest(attempt=attempt, resume=resume, resume_token=s.resume_token if resume else None)
 
     def set_conditions(self) -> None:
         s, generation, now = self.status, self.dispatch.generation, self.now
@@ -421,7 +451,8 @@ class _Reconcile:
                 type_,
                 status="True" if true else "False",
                 reason=why,
-                message=message,
+                # A false condition has nothing to explain beyond its reason, except Ready: why not yet.
+                message=message if true or type_ == conditions.READY else "",
                 generation=generation,
                 now=now,
             )

@@ -48,8 +48,8 @@ class OperatorSettings(BaseModel):
     backstop_margin_seconds: Annotated[int, Field(ge=0)] = 60
     """Past cap + kill grace + this margin, a pod still running is deleted (`SupervisorLost`)."""
 
-    history_limit: Annotated[int, Field(ge=1, le=100)] = 10
-    """How many attempts `status.attempts` keeps (the newest)."""
+    history_limit: Annotated[int, Field(ge=1, le=20)] = 10
+    """How many attempts `status.attempts` keeps (the newest; the CRD allows at most 20)."""
 
     workers: Annotated[int, Field(ge=1, le=256)] = 16
     """Dispatches reconciled concurrently."""
