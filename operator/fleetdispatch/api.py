@@ -37,6 +37,9 @@ SUPERVISOR_CONTAINER = "fleet-supervisor"
 STATE_VOLUME = "fleet-state"
 STATE_DIR = "/var/run/fleet"
 SESSION_CONTAINER = "session"
+# Every pod of a dispatch carries both; users select a dispatch's pods with them.
+DISPATCH_LABEL = f"{GROUP}/dispatch"
+ATTEMPT_LABEL = f"{GROUP}/attempt"
 
 # A dispatch name becomes a label value on its pods, and label values are at most 63 characters.
 MAX_DISPATCH_NAME = 63

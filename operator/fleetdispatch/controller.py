@@ -41,11 +41,11 @@ from typing import Any
 import kopf
 
 from fleetdispatch import api, lifecycle, podspec
-from fleetdispatch.api import FleetDispatchSpec, FleetDispatchStatus, InvalidSpec
+from fleetdispatch.api import DISPATCH_LABEL, FleetDispatchSpec, FleetDispatchStatus, InvalidSpec
 from fleetdispatch.kubeapi import MERGE_PATCH, ApiError, Credentials, KubeApi
 from fleetdispatch.metrics import Metrics
 from fleetdispatch.metrics import serve as serve_metrics
-from fleetdispatch.podstatus import DISPATCH_LABEL, PodView, observe
+from fleetdispatch.podstatus import PodView, observe
 from fleetdispatch.settings import OperatorSettings
 
 logger = logging.getLogger("fleetdispatch.controller")

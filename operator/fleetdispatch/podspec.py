@@ -64,11 +64,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from fleetdispatch import api, protocol
+from fleetdispatch.api import ATTEMPT_LABEL, DISPATCH_LABEL
 from fleetdispatch.deadline import SupervisorConfig
 from fleetdispatch.settings import OperatorSettings
 
-DISPATCH_LABEL = "fleet.dispatch.dev/dispatch"
-ATTEMPT_LABEL = "fleet.dispatch.dev/attempt"
 DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
 TOKEN_VOLUME = "fleet-token"
 

@@ -20,10 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from fleetdispatch.api import SESSION_CONTAINER, SUPERVISOR_CONTAINER
-
-DISPATCH_LABEL = "fleet.dispatch.dev/dispatch"
-ATTEMPT_LABEL = "fleet.dispatch.dev/attempt"
+from fleetdispatch.api import ATTEMPT_LABEL, SESSION_CONTAINER, SUPERVISOR_CONTAINER
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 
