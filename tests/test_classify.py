@@ -545,3 +545,21 @@ def test_every_ended_session_gets_a_consistent_outcome(
     assert len(result.message) <= classify.MAX_MESSAGE
     # What the default table decides is stable under a policy with no matching rule.
     assert apply_policy(policy({"action": "Fail", "onOutcome": {"reasons": ["Unmatched"]}}), result) == result
+
+
+# --- the supervisor's final figures -----------------------------------------------------------------------
+
+
+def test_an_ended_session_is_judged_once_its_supervisor_has_ended_too() -> None:
+    stopping = make_pod(phase="Running", started=T0, supervisor=running(T0), session=terminated(0))
+    assert judge(None, observe(stopping)) is None
+
+
+def test_the_supervisors_final_figures_fill_in_what_the_outcome_does_not_say() -> None:
+    result = ended(0, supervisor_message=json.dumps(REPORT))
+    assert result is not None and result.succeeded
+    assert result.report == REPORT
+    stopped = outcome("DeadlineExceeded", deadline="2025-03-01T14:00:00Z")
+    result = ended(143, stopped, supervisor_message=json.dumps(REPORT))
+    assert result is not None and result.reason == "DeadlineExceeded"
+    assert result.report == {**REPORT, "deadline": "2025-03-01T14:00:00Z"}  # the outcome's own wins

@@ -198,7 +198,10 @@ def test_happy_path_pending_running_succeeded() -> None:
     # The session completes; its supervisor is still stopping, so the pod is still live.
     t3 = t2 + s(600)
     report = {"deadline": ts(t1 + s(4000)), "lastActivityTime": ts(t3), "activityReason": "output"}
-    done = exited(1, 0, outcome("Completed", message="done", **report), at=t1, end=t3, stopping=True)
+    stopping = exited(1, 0, outcome("Completed", message="done", **report), at=t1, end=t3, stopping=True)
+    # Judged once the supervisor has stopped too, so that its final figures are known.
+    assert flow.step(t3, stopping).status.phase == "Running"
+    done = exited(1, 0, outcome("Completed", message="done", **report), at=t1, end=t3)
     d = flow.step(t3, done)
     st_ = d.status
     assert (st_.phase, st_.reason, st_.message) == ("Succeeded", "Completed", "attempt 1 completed")
@@ -416,7 +419,15 @@ def test_a_logic_failure_breaks_the_run_of_timeouts() -> None:
 
 def test_a_resume_waits_for_the_stopping_pod_before_creating_the_next() -> None:
     flow = started_flow(spec_of())
-    stopping = exited(1, 143, stop("DeadlineExceeded", "t"), stopping=True)
+    # Both containers have ended, but the kubelet has not set the pod's phase yet: it is still live.
+    stopping = make_pod(
+        "job-1",
+        1,
+        phase="Running",
+        started=T0,
+        supervisor=terminated(0, started=T0),
+        session=terminated(143, message=stop("DeadlineExceeded", "t"), started=T0 + s(2)),
+    )
     d = flow.step(T0 + s(4000), stopping)
     assert d.create is None
     assert d.delete == ()

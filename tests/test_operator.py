@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -149,3 +150,21 @@ def test_kubectl_waits_for_ready_and_lists_dispatches(
     assert "True" in row and "Completed" in row and "waited-1" in row
     described = kubectl.run("describe", "fd", "waited").stdout
     assert "created pod waited-1 for attempt 1" in described
+
+
+def test_a_busy_session_outlives_its_budget_and_the_status_shows_the_extended_deadline(ns: Namespace) -> None:
+    # Busy for 4 s on a 1 s budget: the supervisor extends the deadline each poll, up to the 10 s cap.
+    script = 'end=$(( $(date +%s) + 4 )); while [ "$(date +%s)" -lt "$end" ]; do :; done; echo done'
+    timeouts = {
+        "deadlineSeconds": 1,
+        "maxExtensionSeconds": 10,
+        "idleOutputSeconds": 0,
+        "killGraceSeconds": 1,
+    }
+    ns.create("busy", _session(script, timeouts=timeouts))
+    status = ns.wait_phase("busy", "Succeeded", 30)
+    started = datetime.fromisoformat(status["startTime"])
+    deadline = datetime.fromisoformat(status["deadline"])
+    assert deadline - started > timedelta(seconds=2), status  # extended past the 1 s budget
+    assert status["activityReason"] in ("cpu", "output")  # the loop forks `date`, whose writes are output
+    assert datetime.fromisoformat(status["deadlineCap"]) - started <= timedelta(seconds=12)

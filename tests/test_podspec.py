@@ -612,6 +612,7 @@ def expected_config(attempt: int, **heartbeat: Any) -> SupervisorConfig:
         state_dir="/var/run/fleet",
         dispatch="team-a/review",
         attempt=str(attempt),
+        report_file="/dev/termination-log",
         **heartbeat,
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 from typing import Any
@@ -160,3 +161,27 @@ def test_a_quiet_loop_logs_only_what_changes(tmp_path: Path) -> None:
     events: list[dict[str, Any]] = []
     assert supervisor(config(tmp_path), clock, probe, events=events).run() == 0
     assert [e["event"] for e in events] == ["start", "stop", "signalled", "exit"]
+
+
+def test_the_final_figures_are_reported_on_every_exit_after_the_session_was_seen(tmp_path: Path) -> None:
+    # The session ends on its own while busy: its last extended deadline is what the operator mirrors.
+    clock = Clock()
+    probe = ScriptedProbe(clock, cpu_share=1.0)
+    clock.on_sleep.append(lambda: setattr(probe, "alive", clock.now < 115))
+    report = tmp_path / "termination-log"
+    assert supervisor(config(tmp_path, report_file=str(report)), clock, probe).run() == 0
+    figures = json.loads(report.read_text())
+    assert figures["activityReason"] == "cpu"
+    assert figures["deadlineCap"] == protocol.rfc3339(WALL_START + 30)
+    assert figures["deadline"] > protocol.rfc3339(WALL_START + 10)  # extended past the initial budget
+    # Stopped at the deadline: reported too. Terminated (the kubelet's TERM) after the session was seen: too.
+    for ending in ("stop", "terminate"):
+        clock, report = Clock(), tmp_path / f"{ending}.log"
+        probe = ScriptedProbe(clock)
+        loop = supervisor(config(tmp_path, report_file=str(report)), clock, probe)
+        if ending == "terminate":
+            clock.on_sleep.append(
+                lambda loop=loop, clock=clock: loop.terminate() if clock.now >= 103 else None
+            )
+        assert loop.run() == 0
+        assert json.loads(report.read_text())["deadline"] == protocol.rfc3339(WALL_START + 10)

@@ -18,14 +18,18 @@ class follows the action (Retry: Logic, Resume: Timeout, Requeue: Quota, Ignore:
 the default class). `onExitCodes` matches the session container's exit code, never 0; `onOutcome` matches
 the reason, including the operator's own (`Evicted`, `PodDeleted`, `SupervisorLost`, `OOMKilled`).
 
-Where the outcome comes from: the session container's termination message is the `outcome.json` a session
-or the supervisor wrote (its `terminationMessagePath`); the supervisor's own termination message is read
-when the session's is missing. A message that is not an outcome (the log tail `FallbackToLogsOnError`
-gives, or JSON whose `reason` is not a CamelCase reason of at most 64 characters, which the status and its
-conditions could not hold) is kept as the outcome's message. A `resetAt` is read whatever the reason, so a
-custom reason a rule requeues waits for its reset too. A pod being deleted by someone else is `PodDeleted`
-at once, whatever its containers report afterwards: the TERM they get then says nothing about the session.
-A disruption (a kubelet eviction, or a `DisruptionTarget` condition: preemption, the eviction API, the taint
+Where the outcome comes from: the session container's termination message is the `outcome.json` a session or
+the supervisor wrote (its `terminationMessagePath`); the supervisor's own termination message is read when
+the session's is missing. The supervisor's termination message also carries its final figures (the deadline
+as extended, the last activity and output), which fill in what the outcome does not say: a session that
+completes on its own writes no deadline, but its status should show how far it was extended. So an attempt
+whose session has ended is judged once its supervisor has ended too (the kubelet stops a native sidecar as
+soon as the session exits). A message that is not an outcome (the log tail `FallbackToLogsOnError` gives, or
+JSON whose `reason` is not a CamelCase reason of at most 64 characters, which the status and its conditions
+could not hold) is kept as the outcome's message. A `resetAt` is read whatever the reason, so a custom
+reason a rule requeues waits for its reset too. A pod being deleted by someone else is `PodDeleted` at once,
+whatever its containers report afterwards: the TERM they get then says nothing about the session. A
+disruption (a kubelet eviction, or a `DisruptionTarget` condition: preemption, the eviction API, the taint
 manager, which then delete the pod) is reported under its own reason, which says more than `PodDeleted`.
 
 Deliberately not here: what happens next (counters, backoff, phases: `lifecycle`), and any I/O.
@@ -188,5 +192,24 @@ def judge(policy: FailurePolicy | None, pod: PodView) -> Outcome | None:
         # Finished without the session ever terminating (it never started, or its status is lost).
         message = f"pod {pod.name} finished ({pod.phase}) without a session container status"
         return apply_policy(policy, lost("ContainerStatusUnknown", message))
+    if pod.live and pod.supervisor_running and not pod.deleting:
+        return None  # the supervisor is stopping (the kubelet TERMs it now); its final figures follow
     written = read_outcome(pod.session.message) or read_outcome(pod.supervisor_message)
-    return apply_policy(policy, _default(pod.session, written))
+    outcome = _default(pod.session, written)
+    final = read_report(pod.supervisor_message)
+    if final:  # the supervisor's last figures, under whatever the outcome itself reported
+        outcome = _replace(outcome, report={**final, **outcome.report})
+    return apply_policy(policy, outcome)
+
+
+def read_report(message: str | None) -> dict[str, str]:
+    """The supervisor's final figures (its termination message: deadline, last activity, ...), if any."""
+    if not message:
+        return {}
+    try:
+        value = json.loads(message)
+    except ValueError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if k in REPORT_FIELDS and isinstance(v, str)}

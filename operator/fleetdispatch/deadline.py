@@ -74,6 +74,8 @@ class SupervisorConfig:
     token_file: str = DEFAULT_TOKEN_FILE
     ca_file: str | None = None
     heartbeat_seconds: float = 30
+    # Where the final figures go on exit: the supervisor container's termination message file.
+    report_file: str | None = None
 
     @property
     def cap_seconds(self) -> int:
@@ -105,6 +107,8 @@ class SupervisorConfig:
                 args.append(f"{flag}={value}")
         if self.token_file != DEFAULT_TOKEN_FILE:
             args.append(f"--token-file={self.token_file}")
+        if self.report_file is not None:
+            args.append(f"--report-file={self.report_file}")
         if self.heartbeat_seconds != SupervisorConfig.heartbeat_seconds:
             args.append(f"--heartbeat-seconds={self.heartbeat_seconds:g}")
         return args
@@ -234,6 +238,12 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
     )
     lease.add_argument(
         "--ca-file", default=None, help="the API server's CA (default: ca.crt beside the token)"
+    )
+    spec.add_argument(
+        "--report-file",
+        metavar="PATH",
+        help="on exit, write the final deadline and activity here as JSON (the operator's pod sets its "
+        "termination message path, /dev/termination-log)",
     )
     lease.add_argument(
         "--heartbeat-seconds",

@@ -69,6 +69,7 @@ from fleetdispatch.deadline import SupervisorConfig
 from fleetdispatch.settings import OperatorSettings
 
 DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
+SUPERVISOR_REPORT_PATH = "/dev/termination-log"
 TOKEN_VOLUME = "fleet-token"
 
 TOKEN_DIR = "/var/run/fleet-token"
@@ -182,6 +183,9 @@ def build_pod(  # noqa: PLR0917 - one argument per input of the pure function, a
         "resources": copy.deepcopy(dict(SUPERVISOR_RESOURCES)),
         "securityContext": _supervisor_security(pod_security, session_security),
         "volumeMounts": [dict(state_mount)],
+        # Its final figures (the extended deadline, the last activity) reach the operator this way.
+        "terminationMessagePath": SUPERVISOR_REPORT_PATH,
+        "terminationMessagePolicy": "File",
     }
     volumes: list[dict[str, Any]] = [
         *(pod_spec.get("volumes") or []),
@@ -412,6 +416,7 @@ def _supervisor_config(
         state_dir=api.STATE_DIR,
         dispatch=f"{ref.namespace}/{ref.name}",
         attempt=str(attempt),
+        report_file=SUPERVISOR_REPORT_PATH,
     )
     if heartbeat_pod is None:
         return config

@@ -57,6 +57,8 @@ class PodView:
     session_started_at: datetime | None = None
     session: Termination | None = None
     supervisor_message: str | None = None
+    # The supervisor is still running: its final figures (its termination message) are still to come.
+    supervisor_running: bool = False
     waiting_reason: str | None = None
     waiting_message: str | None = None
     # Pod-level: `Evicted` with the kubelet's message, or a DisruptionTarget condition's reason.
@@ -153,6 +155,7 @@ def observe(pod: Mapping[str, Any]) -> PodView:
         session_started_at=_started_at(session),
         session=_termination(session),
         supervisor_message=supervisor_end.message if supervisor_end else None,
+        supervisor_running=isinstance(((supervisor or {}).get("state") or {}).get("running"), Mapping),
         waiting_reason=waiting.get("reason") or None,
         waiting_message=waiting.get("message") or None,
         disruption=disruption,

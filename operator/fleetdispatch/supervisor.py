@@ -177,6 +177,7 @@ class Supervisor:
             sample = self._probe.sample()
             state, decision = decide(config, state, sample, now)
             if state.session_seen and not sample.processes:
+                self._report(state)
                 self._log("exit", reason="no session process is left")
                 return 0
             if isinstance(decision, Stop):
@@ -187,6 +188,7 @@ class Supervisor:
                         deadline=self._epoch(decision.deadline),
                     )
                     return 0
+                self._report(state)
                 return self._stop(decision)
             self._beat(state)
             if isinstance(decision, Continue) and decision.extended_from is not None:
@@ -200,8 +202,28 @@ class Supervisor:
                 )
             wake = min(now + config.poll_seconds, next_check(config, state))
             self._sleep(max(0.0, wake - self._monotonic()))
+        if state.session_seen:
+            self._report(state)  # the usual end: the session exited and the kubelet TERMs its sidecar
         self._log("exit", reason="terminated: the session is left to the kubelet")
         return 0
+
+    def _report(self, state: State) -> None:
+        """The final figures, for the operator to mirror into the dispatch's status (`--report-file`)."""
+        if self._config.report_file is None:
+            return
+        report = {
+            "deadline": self._epoch(state.deadline),
+            "deadlineCap": self._epoch(cap(self._config, state)),
+            "lastActivityTime": self._epoch(state.last_activity),
+            "activityReason": state.activity_reason,
+            "lastOutputTime": self._epoch(state.last_output),
+        }
+        try:
+            # In place, not by rename: the kubelet bind-mounts this one file into the container.
+            with open(self._config.report_file, "w", encoding="utf-8") as file:
+                file.write(json.dumps({k: v for k, v in report.items() if v is not None}) + "\n")
+        except OSError as error:
+            self._log("error", error=f"cannot write the report: {error}")
 
     # -- stopping --------------------------------------------------------------------------------------
 
