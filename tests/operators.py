@@ -7,6 +7,7 @@ server's own state. `OperatorProcess.kill()` is SIGKILL: no cleanup, as when a n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,17 @@ class OperatorProcess:
             return response.status, response.read().decode()
 
 
+@contextlib.contextmanager
+def running_operator(cluster: BackgroundCluster, workdir: Path, *args: str) -> Iterator[OperatorProcess]:
+    """An operator process for a test module: started, and stopped whatever happens."""
+    process = OperatorProcess(cluster, workdir, *args)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
 class Namespace:
     """One test's namespace in a shared cluster: its dispatches, pods and Events."""
 
@@ -161,8 +173,13 @@ class Namespace:
         self.cluster.call(lambda c: c.store.delete(PODS, self.name, name))
 
     def events(self) -> list[tuple[str, str]]:
+        """The Events about dispatches (not the kubelet's about pods), oldest first."""
         events = self.cluster.call(lambda c: list(c.store.objects(EVENTS)))
-        return [(e["reason"], e["message"]) for e in events if e["metadata"]["namespace"] == self.name]
+        return [
+            (e["reason"], e["message"])
+            for e in events
+            if e["metadata"]["namespace"] == self.name and e["involvedObject"]["kind"] == "FleetDispatch"
+        ]
 
     def wait_phase(self, name: str, phase: str, timeout: float = 20.0) -> dict[str, Any]:
         def reached() -> dict[str, Any] | None:

@@ -18,7 +18,7 @@ import pytest
 
 from fleetdispatch.devcluster.stack import BackgroundCluster
 from kubectl import Kubectl, needs_kubectl
-from operators import Namespace, OperatorProcess, eventually
+from operators import Namespace, OperatorProcess, eventually, running_operator
 
 _names = itertools.count()
 FAST_RETRY = {"maxAttempts": 2, "backoff": {"baseSeconds": 1, "maxSeconds": 1, "jitterPercent": 0}}
@@ -34,12 +34,8 @@ def cluster() -> Iterator[BackgroundCluster]:
 def operator(
     cluster: BackgroundCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(cluster, tmp_path_factory.mktemp("operator"))
-    process.start()
-    try:
+    with running_operator(cluster, tmp_path_factory.mktemp("operator")) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture
@@ -84,8 +80,9 @@ def test_a_logic_failure_is_retried_then_failed(ns: Namespace) -> None:
     assert [(a["exitCode"], a["failureClass"]) for a in status["attempts"]] == [(3, "Logic"), (3, "Logic")]
     stalled = ns.condition("broken", "Stalled")
     assert stalled is not None and stalled["status"] == "True"
-    reasons = [reason for reason, _ in ns.events()]
-    assert reasons.count("Created") == 2 and "BackOff" in reasons and "BackoffLimitExceeded" in reasons
+    # The Event follows the status write that it explains.
+    eventually(lambda: "BackoffLimitExceeded" in [reason for reason, _ in ns.events()], 5, "the last Event")
+    assert [reason for reason, _ in ns.events()] == ["Created", "BackOff", "Created", "BackoffLimitExceeded"]
 
 
 def test_a_timed_out_session_is_resumed_with_its_token_up_to_max_resumes(ns: Namespace) -> None:

@@ -21,7 +21,7 @@ import pytest
 from fleetdispatch import validation
 from fleetdispatch.devcluster.resources import PODS
 from fleetdispatch.devcluster.stack import BackgroundCluster
-from operators import Namespace, OperatorProcess, eventually, running, terminated
+from operators import Namespace, OperatorProcess, eventually, running, running_operator, terminated
 
 _names = itertools.count()
 
@@ -47,12 +47,10 @@ def cluster() -> Iterator[BackgroundCluster]:
 def operator(
     cluster: BackgroundCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(cluster, tmp_path_factory.mktemp("operator"), "--backstop-margin-seconds=1")
-    process.start()
-    try:
+    with running_operator(
+        cluster, tmp_path_factory.mktemp("operator"), "--backstop-margin-seconds=1"
+    ) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture
@@ -91,7 +89,7 @@ def test_one_successful_dispatch_costs_at_most_six_writes(
     writes = ns.operator_writes(list(cluster.cluster.server.requests))  # type: ignore[union-attr]
     assert len(writes) <= 6, writes
     assert status["observedGeneration"] == 1
-    assert [r for r, _ in ns.events()] == ["Created", "Succeeded"]
+    eventually(lambda: [r for r, _ in ns.events()] == ["Created", "Succeeded"], 5, "the Events")
     pod = ns.pod("budget-1")
     assert pod["metadata"]["ownerReferences"][0]["uid"] == ns.dispatch("budget")["metadata"]["uid"]
 

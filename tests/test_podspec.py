@@ -11,7 +11,6 @@ import copy
 import json
 import re
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from fleetdispatch.devcluster.resources import PODS
 from fleetdispatch.devcluster.stack import BackgroundCluster, DevCluster
 from fleetdispatch.podspec import AttemptRequest, DispatchRef
 from fleetdispatch.settings import OperatorSettings
+from operators import eventually
 
 NOW = 1_700_000_000.75
 SETTINGS = OperatorSettings()
@@ -778,16 +778,6 @@ WAIT_FOR_DEADLINE = (
     "for i in 1 2 3 4 5 6 7 8 9 10; do for j in 1 2 3 4 5 6 7 8 9 10; do "
     '[ -s "$FLEET_STATE_DIR/deadline" ] && break 2; sleep 0.1; done; done'
 )
-
-
-def eventually(check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"still false after {timeout} s")
 
 
 def test_a_built_pod_runs_in_the_dev_cluster_and_the_session_sees_its_protocol(
