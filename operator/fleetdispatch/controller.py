@@ -42,7 +42,7 @@ import kopf
 
 from fleetdispatch import api, lifecycle, podspec
 from fleetdispatch.api import DISPATCH_LABEL, FleetDispatchSpec, FleetDispatchStatus, InvalidSpec
-from fleetdispatch.kubeapi import MERGE_PATCH, ApiError, Credentials, KubeApi
+from fleetdispatch.kubeapi import MERGE_PATCH, SERVICE_ACCOUNT_TOKEN, ApiError, Credentials, KubeApi
 from fleetdispatch.metrics import Metrics
 from fleetdispatch.metrics import serve as serve_metrics
 from fleetdispatch.podstatus import PodView, observe
@@ -412,13 +412,15 @@ async def _startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None
 @kopf.on.login()
 def _login(memo: Any, **kwargs: Any) -> Any:
     server = getattr(memo, "server", None)  # `fleetdispatch dev`: its own API server, no credentials
-    info = (
-        kopf.ConnectionInfo(server=server)
-        if server
-        else kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
-    )
+    info: kopf.ConnectionInfo | None = kopf.ConnectionInfo(server=server) if server else None
+    token_file = None
+    if info is None:
+        info = kopf.login_with_service_account(**kwargs)
+        token_file = SERVICE_ACCOUNT_TOKEN if info is not None else None
+    if info is None:
+        info = kopf.login_with_kubeconfig(**kwargs)
     if info is not None:
-        memo.runtime.credentials = Credentials.from_connection(info)
+        memo.runtime.credentials = Credentials.from_connection(info, token_file)
     return info
 
 

@@ -49,8 +49,12 @@ class Credentials:
     key_file: str | None = None
 
     @classmethod
-    def from_connection(cls, info: Any) -> Credentials:
-        """From a `kopf.ConnectionInfo`: its files as paths, its inline data written to private files."""
+    def from_connection(cls, info: Any, token_file: str | None = None) -> Credentials:
+        """From a `kopf.ConnectionInfo`: its files as paths, its inline data written to private files.
+
+        `token_file` is where the token came from, to be re-read: a projected service account token is
+        rotated by the kubelet while the operator runs.
+        """
 
         def as_file(path: Any, data: Any, suffix: str) -> str | None:
             if path:
@@ -64,13 +68,6 @@ class Credentials:
             file.close()
             return file.name
 
-        token_file = None
-        if info.token and Path(SERVICE_ACCOUNT_TOKEN).is_file():
-            token_file = (
-                SERVICE_ACCOUNT_TOKEN
-                if Path(SERVICE_ACCOUNT_TOKEN).read_text().strip() == (info.token)
-                else None
-            )
         ca_data = info.ca_data.decode() if isinstance(info.ca_data, bytes) else info.ca_data
         return cls(
             server=str(info.server).rstrip("/"),
