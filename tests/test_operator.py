@@ -165,3 +165,19 @@ def test_a_busy_session_outlives_its_budget_and_the_status_shows_the_extended_de
     assert deadline - started > timedelta(seconds=2), status  # extended past the 1 s budget
     assert status["activityReason"] in ("cpu", "output")  # the loop forks `date`, whose writes are output
     assert datetime.fromisoformat(status["deadlineCap"]) - started <= timedelta(seconds=12)
+
+
+def test_a_session_out_of_quota_waits_requeued_and_resumes_after_the_reset(ns: Namespace) -> None:
+    script = (
+        'if [ "$FLEET_RESUME" = 1 ]; then echo "resumed $FLEET_RESUME_TOKEN"; exit 0; fi; '
+        'reset=$(date -u -d "@$(( $(date +%s) + 2 ))" +%Y-%m-%dT%H:%M:%SZ); '
+        'printf \'{"reason":"QuotaExhausted","resetAt":"%s","resumeToken":"agent-7"}\' "$reset" '
+        '> "$FLEET_STATE_DIR/outcome.json"; exit 75'
+    )
+    ns.create("limited", _session(script, retry={**FAST_RETRY, "maxAttempts": 1}))
+    requeued = ns.wait_phase("limited", "Requeued")
+    assert requeued["reason"] == "QuotaExhausted" and requeued["failureClass"] == "Quota"
+    status = ns.wait_phase("limited", "Succeeded", 20)
+    assert (status["requeues"], status["failures"]) == (1, 0)
+    env = _env(ns, "limited-2")
+    assert env["FLEET_RESUME"] == "1" and env["FLEET_RESUME_TOKEN"] == "agent-7"

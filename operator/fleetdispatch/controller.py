@@ -43,12 +43,12 @@ from typing import Any
 
 import kopf
 
-from fleetdispatch import api, lifecycle, podspec
+from fleetdispatch import api, lifecycle, podspec, quota
 from fleetdispatch.api import DISPATCH_LABEL, FleetDispatchSpec, FleetDispatchStatus, InvalidSpec
 from fleetdispatch.kubeapi import MERGE_PATCH, SERVICE_ACCOUNT_TOKEN, ApiError, Credentials, KubeApi
 from fleetdispatch.metrics import Metrics
 from fleetdispatch.metrics import serve as serve_metrics
-from fleetdispatch.podstatus import PodView, observe
+from fleetdispatch.podstatus import PodView, observe, parse_time
 from fleetdispatch.settings import OperatorSettings
 
 logger = logging.getLogger("fleetdispatch.controller")
@@ -57,6 +57,7 @@ Key = tuple[str, str]  # (namespace, name)
 COMPONENT = "fleet-dispatch"
 RETRY_MAX_SECONDS = 300.0
 PLURAL = "fleetdispatches"
+POOL_WRITE_SECONDS = 1.0
 SPEC_CACHE_SIZE = 4096  # distinct specs kept for sharing; a campaign has few
 
 
@@ -100,6 +101,11 @@ class Cached:
     deleting: bool
     parsed: ParsedSpec
     status: dict[str, Any]
+    created: str = ""
+
+    @property
+    def pool(self) -> str | None:
+        return self.parsed.spec.quota_pool if self.parsed.spec is not None else None
 
 
 def _compact(value: Any) -> Any:
@@ -128,7 +134,13 @@ class Controller:
     _wakes: dict[Key, asyncio.TimerHandle] = field(default_factory=dict)
     _failures: dict[Key, int] = field(default_factory=dict)
     _workers: list[asyncio.Task[None]] = field(default_factory=list)
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
     _specs: dict[bytes, ParsedSpec] = field(default_factory=dict)
+    pools: Callable[[Key], quota.Pool | None] = lambda key: None
+    _members: dict[Key, set[str]] = field(default_factory=dict)  # (namespace, pool) -> dispatch names
+    _pool_writes: dict[Key, asyncio.TimerHandle] = field(default_factory=dict)
+    _pools_seen: dict[Key, tuple[Any, ...]] = field(default_factory=dict)
+    _pool_locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
 
     # --- what the watches tell us ------------------------------------------------------------------
 
@@ -136,8 +148,11 @@ class Controller:
         meta = body.get("metadata") or {}
         key = (str(meta.get("namespace")), str(meta.get("name")))
         if deleted:
-            self.dispatches.pop(key, None)
+            gone = self.dispatches.pop(key, None)
             self._cancel_wake(key)
+            if gone is not None and gone.pool is not None:
+                self._members.get((key[0], gone.pool), set()).discard(key[1])
+                self._pool_changed((key[0], gone.pool))
             return
         if self.remember(key, body):
             self.enqueue(key)
@@ -163,12 +178,97 @@ class Controller:
             deleting=bool(meta.get("deletionTimestamp")),
             parsed=parsed,
             status=_compact(dict(body.get("status") or {})),
+            created=sys.intern(str(meta.get("creationTimestamp") or "")),
         )
+        pool = self.dispatches[key].pool
+        if cached is not None and cached.pool != pool and cached.pool is not None:
+            self._members.get((key[0], cached.pool), set()).discard(key[1])
+        if pool is not None:
+            self._members.setdefault((key[0], pool), set()).add(key[1])
         return True
 
     def saw_pod(self, namespace: str, pod_name: str, dispatch: str) -> None:
         self.created.pop((namespace, pod_name), None)
         self.enqueue((namespace, dispatch))
+
+    def saw_pool(self, namespace: str, name: str, body: Mapping[str, Any], deleted: bool = False) -> None:
+        """A QuotaPool changed: its members are judged again only if what gates them changed."""
+        key = (namespace, name)
+        spec, status = body.get("spec") or {}, body.get("status") or {}
+        gates = None if deleted else (spec.get("maxConcurrent"), status.get("exhaustedUntil"))
+        counts = (status.get("running"), status.get("waiting"), status.get("requeued"))
+        previous = self._pools_seen.get(key)
+        self._pools_seen[key] = (gates, counts)
+        if deleted:
+            self._pools_seen.pop(key, None)
+        if previous is None or previous[0] != gates:
+            for member in sorted(self._members.get(key, ())):
+                self.enqueue((namespace, member))
+        if not deleted:
+            self._schedule_pool_write(key)
+
+    def _pool_members(self, key: Key, now: datetime) -> list[quota.Member]:
+        members = []
+        for name in self._members.get(key, ()):
+            cached = self.dispatches.get((key[0], name))
+            if cached is None:
+                continue
+            st = cached.status
+            phase, pod, until = st.get("phase"), st.get("podName"), st.get("requeueAt")
+            running = phase in lifecycle.IN_FLIGHT and pod is not None and st.get("reason") != "QuotaPoolFull"
+            due = until is None or (parse_time(until) or now) <= now
+            waiting = (
+                phase is None or (phase == "Pending" and not running) or (phase in lifecycle.WAITING and due)
+            )
+            if cached.parsed.spec is not None and cached.parsed.spec.suspend:
+                waiting = False
+            members.append(quota.Member(name, cached.created, running, waiting, phase == "Requeued"))
+        return members
+
+    def _pool_changed(self, key: Key) -> None:
+        """A member's phase changed: wake the dispatches a freed slot admits, and recount the pool."""
+        pool = self.pools(key)
+        if pool is not None:
+            for name in quota.next_admitted(pool, self._pool_members(key, self.clock())):
+                self.enqueue((key[0], name))
+        self._schedule_pool_write(key)
+
+    def _schedule_pool_write(self, key: Key) -> None:
+        """Pool status is written at most once a second per pool, so its cost grows with changes, not n²."""
+        if key in self._pool_writes:
+            return
+        loop = asyncio.get_running_loop()
+
+        def write() -> None:
+            self._pool_writes.pop(key, None)
+            task = loop.create_task(self._write_pool(key, None))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+        self._pool_writes[key] = loop.call_later(POOL_WRITE_SECONDS, write)
+
+    async def _write_pool(self, key: Key, exhausted: tuple[datetime, str] | None) -> None:
+        pool = self.pools(key)
+        if pool is None:
+            return
+        c = quota.counts(self._pool_members(key, self.clock()))
+        status: dict[str, Any] = {"running": c.running, "waiting": c.waiting, "requeued": c.requeued}
+        if exhausted is not None and (pool.exhausted_until is None or exhausted[0] > pool.exhausted_until):
+            status["exhaustedUntil"] = exhausted[0].strftime("%Y-%m-%dT%H:%M:%SZ")
+            status["exhaustedBy"] = exhausted[1]
+        seen = self._pools_seen.get(key)
+        if (
+            "exhaustedUntil" not in status
+            and seen is not None
+            and seen[1] == (c.running, c.waiting, c.requeued)
+        ):
+            return
+        path = f"/apis/{api.API_VERSION}/namespaces/{key[0]}/quotapools/{key[1]}/status"
+        try:
+            await self.api.request("PATCH", path, {"status": status}, content_type=MERGE_PATCH)
+        except ApiError as error:
+            if error.status != 404:
+                logger.warning("cannot update quota pool %s/%s: %s", *key, error)
 
     def phase_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -194,7 +294,7 @@ class Controller:
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
-        for handle in self._wakes.values():
+        for handle in [*self._wakes.values(), *self._pool_writes.values()]:
             handle.cancel()
         await self.api.close()
 
@@ -269,11 +369,29 @@ class Controller:
         cached = self.dispatches.get(key)
         if cached is None or cached.deleting:
             return
+        if cached.pool is None:
+            await self._reconcile(key, cached)
+            return
+        # One member of a pool at a time: admission reads the members' statuses, and the slot a member
+        # takes must be in its status (the write's response) before the next member is judged.
+        lock = self._pool_locks.setdefault((key[0], cached.pool), asyncio.Lock())
+        async with lock:
+            cached = self.dispatches.get(key)
+            if cached is not None and not cached.deleting:
+                await self._reconcile(key, cached)
+
+    async def _reconcile(self, key: Key, cached: Cached) -> None:
         try:
             status = FleetDispatchStatus.model_validate(cached.status)
         except ValueError:
             logger.warning("%s/%s: unreadable status, starting it afresh", *key)
             status = FleetDispatchStatus()
+        now = self.clock()
+        pool_key = (key[0], cached.pool) if cached.pool is not None else None
+        gate = None
+        if pool_key is not None:
+            pool = self.pools(pool_key)
+            gate = quota.gate(pool, pool_key[1], self._pool_members(pool_key, now), key[1], now)
         dispatch = lifecycle.Dispatch(
             name=key[1],
             namespace=key[0],
@@ -282,9 +400,13 @@ class Controller:
             spec=cached.parsed.spec,
             status=status,
             invalid=cached.parsed.invalid,
+            gate=gate,
         )
-        now = self.clock()
-        limits = lifecycle.Limits(self.settings.history_limit, self.settings.backstop_margin_seconds)
+        limits = lifecycle.Limits(
+            self.settings.history_limit,
+            self.settings.backstop_margin_seconds,
+            self.settings.max_quota_wait_seconds,
+        )
         pods = self._pods(key)
         decision = lifecycle.reconcile(dispatch, pods, now, limits)
         if decision.create is not None:
@@ -314,6 +436,11 @@ class Controller:
             if response:
                 self.remember(key, response)
         await self._record(dispatch, decision, status)
+        if pool_key is not None:
+            if decision.pool_exhausted_until is not None:
+                await self._write_pool(pool_key, (decision.pool_exhausted_until, key[1]))
+            if decision.status.phase != status.phase or decision.status.pod_name != status.pod_name:
+                self._pool_changed(pool_key)
         if decision.wake_at is not None:
             self._wake_in(key, (decision.wake_at - self.clock()).total_seconds() + 0.05)
         else:
@@ -414,7 +541,7 @@ class Runtime:
     controller: Controller | None = None
     metrics_runner: Any = None
 
-    def controller_for(self, pods_index: Any) -> Controller:
+    def controller_for(self, indices: Mapping[str, Any]) -> Controller:
         """The controller, created on the first event: only then are kopf's credentials and index known."""
         if self.controller is None:
             if self.credentials is None:
@@ -425,10 +552,15 @@ class Runtime:
                 on_response=lambda verb, code: self.metrics.api_requests.labels(verb, str(code)).inc(),
             )
 
+            pods_index, pools_index = indices["fleet_pods"], indices["fleet_pools"]
+
             def pods(key: Key) -> Iterable[PodView]:
                 return pods_index.get(key, ())  # type: ignore[no-any-return]
 
-            self.controller = Controller(self.options, kube, self.metrics, pods=pods)
+            def pools(key: Key) -> quota.Pool | None:
+                return next(iter(pools_index.get(key, ())), None)
+
+            self.controller = Controller(self.options, kube, self.metrics, pods=pods, pools=pools)
             self.controller.start()
         return self.controller
 
@@ -489,13 +621,35 @@ async def fleet_pods(
 async def _pod_event(
     namespace: str | None, name: str, labels: Mapping[str, str], memo: Any, **kwargs: Any
 ) -> None:
-    memo.runtime.controller_for(kwargs["fleet_pods"]).saw_pod(str(namespace), name, labels[DISPATCH_LABEL])
+    memo.runtime.controller_for(kwargs).saw_pod(str(namespace), name, labels[DISPATCH_LABEL])
 
 
 @kopf.on.event(api.GROUP, api.VERSION, PLURAL)
 async def _dispatch_event(event: kopf.RawEvent, memo: Any, **kwargs: Any) -> None:
-    controller = memo.runtime.controller_for(kwargs["fleet_pods"])
+    controller = memo.runtime.controller_for(kwargs)
     controller.saw_dispatch(event["object"], deleted=event.get("type") == "DELETED")
+
+
+@kopf.index(api.GROUP, api.VERSION, "quotapools")
+async def fleet_pools(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, quota.Pool]:
+    spec, status = body.get("spec") or {}, body.get("status") or {}
+    maximum = spec.get("maxConcurrent")
+    pool = quota.Pool(
+        name=name,
+        max_concurrent=maximum if isinstance(maximum, int) else None,
+        exhausted_until=parse_time(status.get("exhaustedUntil")),
+    )
+    return {(str(namespace), name): pool}
+
+
+@kopf.on.event(api.GROUP, api.VERSION, "quotapools")
+async def _pool_event(event: kopf.RawEvent, memo: Any, **kwargs: Any) -> None:
+    body = event["object"]
+    meta = body.get("metadata") or {}
+    controller = memo.runtime.controller_for(kwargs)
+    controller.saw_pool(
+        str(meta.get("namespace")), str(meta.get("name")), body, event.get("type") == "DELETED"
+    )
 
 
 @kopf.on.cleanup()

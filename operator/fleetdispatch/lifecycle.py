@@ -59,6 +59,7 @@ from fleetdispatch.api import AttemptRecord, FleetDispatchSpec, FleetDispatchSta
 from fleetdispatch.classify import Outcome
 from fleetdispatch.podspec import AttemptRequest, pod_name
 from fleetdispatch.podstatus import PodView, parse_time
+from fleetdispatch.quota import Gate
 
 TERMINAL: frozenset[Phase] = frozenset({"Succeeded", "Failed"})
 IN_FLIGHT: frozenset[Phase] = frozenset({"Pending", "Running"})
@@ -70,6 +71,8 @@ RESUME_LIMIT_EXCEEDED = "ResumeLimitExceeded"
 REQUEUE_LIMIT_EXCEEDED = "RequeueLimitExceeded"
 SUSPENDED = "Suspended"
 QUOTA_EXHAUSTED = "QuotaExhausted"
+QUOTA_POOL_EXHAUSTED = "QuotaPoolExhausted"
+QUOTA_POOL_FULL = "QuotaPoolFull"
 # Waiting reasons every pod goes through; only the others (ImagePullBackOff, ...) are worth a status write.
 ROUTINE_WAITING = ("ContainerCreating", "PodInitializing")
 RESUMING_CLASSES = frozenset({"Quota", "Timeout", "Infrastructure"})
@@ -86,12 +89,15 @@ class Dispatch:
     spec: FleetDispatchSpec | None
     status: FleetDispatchStatus
     invalid: str | None = None
+    # Set when the spec names a QuotaPool: whether the pool lets this dispatch start an attempt now.
+    gate: Gate | None = None
 
 
 @dataclass(frozen=True)
 class Limits:
     history_limit: int = 10
     backstop_margin_seconds: int = 60
+    max_quota_wait_seconds: int = 86400
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,8 @@ class Decision:
     wake_at: datetime | None = None
     events: tuple[Event, ...] = ()
     outcomes: tuple[Outcome, ...] = ()
+    # The reset an attempt reported, for the dispatch's QuotaPool (`status.exhaustedUntil`).
+    pool_exhausted_until: datetime | None = None
 
 
 def backstop_at(spec: FleetDispatchSpec, started: datetime, margin_seconds: int) -> datetime:
@@ -130,6 +138,7 @@ class _Reconcile:
     wakes: list[datetime] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
+    pool_exhausted_until: datetime | None = None
 
     @property
     def spec(self) -> FleetDispatchSpec:
@@ -343,9 +352,20 @@ class _Reconcile:
                 s.resumes = 0
                 seed = f"{self.dispatch.uid}/{s.attempt}"
                 if outcome.reset_at is not None:
-                    base = max(outcome.reset_at.replace(microsecond=0), self.now)
+                    reset = outcome.reset_at.replace(microsecond=0)
+                    longest = self.now + timedelta(seconds=self.limits.max_quota_wait_seconds)
+                    base = min(max(reset, self.now), longest)
                     until = base + timedelta(seconds=backoff.requeue_jitter(retry.backoff, seed))
-                    when = f"the quota resets at {outcome.reset_at.isoformat()}"
+                    when = f"the quota resets at {reset.isoformat()}"
+                    if reset > longest:
+                        # A reset that far away is more often a misread than a real quota: look again then.
+                        when += (
+                            f", more than the operator's longest quota wait "
+                            f"({self.limits.max_quota_wait_seconds} s) away"
+                        )
+                    gate = self.dispatch.gate
+                    if gate is not None and not gate.missing:
+                        self.pool_exhausted_until = base
                 else:
                     until = self.now + timedelta(seconds=backoff.delay(retry.backoff, s.requeues, seed))
                     when = "the quota reset time is unknown"
@@ -415,6 +435,9 @@ class _Reconcile:
                 f"{s.failures} attempts failed (spec.retry.maxAttempts is {retry.max_attempts})",
             )
             return
+        gate = self.dispatch.gate
+        if gate is not None and not self.pool_allows(gate):
+            return
         attempt = s.attempt + 1
         self.create = self.request(attempt)
         resume = self.create.resume
@@ -425,7 +448,36 @@ class _Reconcile:
         s.deadline = s.deadline_cap = None
         s.reason = "Created"
         s.message = f"created pod {s.pod_name} for attempt {attempt}" + (" (resuming)" if resume else "")
+        if gate is not None and gate.missing:
+            s.message += f" (its QuotaPool {gate.pool!r} does not exist: the attempt is not held back)"
         self.event("Normal", "Created", s.message)
+
+    def pool_allows(self, gate: Gate) -> bool:
+        """Whether the dispatch's QuotaPool lets it start now; if not, wait as the pool says."""
+        s = self.status
+        if gate.exhausted_until is not None:
+            seed = f"{self.dispatch.uid}/{s.attempt}/pool"
+            until = gate.exhausted_until + timedelta(
+                seconds=backoff.requeue_jitter(self.spec.retry.backoff, seed)
+            )
+            if (s.phase, s.reason, s.requeue_at) != ("Requeued", QUOTA_POOL_EXHAUSTED, until):
+                message = (
+                    f"quota pool {gate.pool!r} is exhausted until {gate.exhausted_until.isoformat()}; "
+                    f"next attempt at {until.isoformat()}"
+                )
+                self.wait_until("Requeued", until, QUOTA_POOL_EXHAUSTED, message)
+            self.wakes.append(until)
+            return False
+        if gate.full:
+            if (s.phase, s.reason) != ("Pending", QUOTA_POOL_FULL):
+                s.phase, s.pod_name, s.requeue_at, s.reason = "Pending", None, None, QUOTA_POOL_FULL
+                s.message = (
+                    f"waiting for a free slot in quota pool {gate.pool!r} "
+                    f"(maxConcurrent {gate.max_concurrent}; admitted in creation order)"
+                )
+                self.event("Normal", QUOTA_POOL_FULL, s.message)
+            return False
+        return True
 
     def request(self, attempt: int) -> AttemptRequest:
         s = self.status
@@ -441,7 +493,7 @@ class _Reconcile:
             (conditions.READY, phase == "Succeeded", "Succeeded" if phase == "Succeeded" else phase),
             (conditions.RECONCILING, phase in IN_FLIGHT | WAITING, phase),
             (conditions.STALLED, phase == "Failed", reason if phase == "Failed" else phase),
-            (conditions.REQUEUED, phase == "Requeued", QUOTA_EXHAUSTED if phase == "Requeued" else phase),
+            (conditions.REQUEUED, phase == "Requeued", reason if phase == "Requeued" else phase),
             (conditions.SUSPENDED, phase == "Suspended", phase),
         ]
         result = list(s.conditions)
@@ -475,4 +527,5 @@ def reconcile(
         wake_at=min(run.wakes) if run.wakes else None,
         events=tuple(run.events),
         outcomes=tuple(run.outcomes),
+        pool_exhausted_until=run.pool_exhausted_until,
     )

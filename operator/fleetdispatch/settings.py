@@ -48,6 +48,9 @@ class OperatorSettings(BaseModel):
     backstop_margin_seconds: Annotated[int, Field(ge=0)] = 60
     """Past cap + kill grace + this margin, a pod still running is deleted (`SupervisorLost`)."""
 
+    max_quota_wait_seconds: Annotated[int, Field(ge=60)] = 86400
+    """A quota reset further away than this is waited for this long only, then the session tries again."""
+
     history_limit: Annotated[int, Field(ge=1, le=20)] = 10
     """How many attempts `status.attempts` keeps (the newest; the CRD allows at most 20)."""
 

@@ -1,0 +1,106 @@
+"""QuotaPools: dispatches that share one upstream quota, judged together (design section 5).
+
+Two rules, as pure functions over plain data:
+
+- **Exhaustion is shared.** When one dispatch of a pool stops with `QuotaExhausted` and a reset time, the
+  pool records it (`status.exhaustedUntil`, the latest reset reported); no dispatch of the pool starts a new
+  attempt before then. They wait `Requeued` (reason `QuotaPoolExhausted`) instead of each discovering the
+  exhaustion by starting, hitting the limit and stopping. Running sessions are left alone: they meet the
+  limit themselves and their quota guard decides.
+- **`maxConcurrent` bounds running sessions**, admitted in creation order (then name), so the oldest
+  dispatch waiting for a slot gets the next one. A dispatch holds a slot from the moment its attempt's pod
+  is created until the attempt ends. The others wait `Pending` (reason `QuotaPoolFull`).
+
+`gate(pool, members, me, now)` says whether `me` may start an attempt now; `counts(members)` is the pool's
+status; `next_admitted(pool, members)` names the waiting dispatches a freed slot should wake, so the shell
+wakes at most as many dispatches as there are free slots, not the whole pool.
+
+A dispatch whose pool does not exist (never created, or deleted) is not held back: deleting a pool
+releases its dispatches, and the gate says so (`missing`), for the dispatch's status and Events.
+
+Deliberately not here: reading or writing pools (the controller), what a dispatch does while it waits
+(`lifecycle`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class Pool:
+    name: str
+    max_concurrent: int | None = None
+    exhausted_until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Member:
+    """One dispatch of a pool as the gate sees it."""
+
+    name: str
+    created: str  # creationTimestamp (RFC 3339 sorts as text) then name: the admission order
+    running: bool  # holds a slot: its attempt's pod exists and the attempt has not ended
+    waiting: bool  # wants to start an attempt (not terminal, not suspended, not holding a slot)
+    requeued: bool = False
+
+
+@dataclass(frozen=True)
+class Gate:
+    pool: str
+    missing: bool = False
+    exhausted_until: datetime | None = None  # set while the pool's quota is exhausted
+    full: bool = False  # no free slot for this dispatch (maxConcurrent)
+    max_concurrent: int | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.missing or (self.exhausted_until is None and not self.full)
+
+
+def _order(member: Member) -> tuple[str, str]:
+    return (member.created, member.name)
+
+
+def next_admitted(pool: Pool, members: Iterable[Member]) -> list[str]:
+    """The waiting dispatches that the pool's free slots admit now, oldest first."""
+    members = list(members)
+    if pool.max_concurrent is None:
+        return sorted((m.name for m in members if m.waiting), key=lambda n: n)
+    free = pool.max_concurrent - sum(m.running for m in members)
+    if free <= 0:
+        return []
+    waiting = sorted((m for m in members if m.waiting), key=_order)
+    return [m.name for m in waiting[:free]]
+
+
+def gate(pool: Pool | None, pool_name: str, members: Iterable[Member], me: str, now: datetime) -> Gate:
+    """May dispatch `me` of pool `pool_name` start an attempt now? `pool` is None when it does not exist."""
+    if pool is None:
+        return Gate(pool_name, missing=True)
+    if pool.exhausted_until is not None and now < pool.exhausted_until:
+        return Gate(pool_name, exhausted_until=pool.exhausted_until, max_concurrent=pool.max_concurrent)
+    if pool.max_concurrent is None:
+        return Gate(pool_name)
+    others = [m for m in members if m.name != me]
+    candidate = Member(me, next((m.created for m in members if m.name == me), ""), False, True)
+    admitted = next_admitted(pool, [*others, candidate])
+    return Gate(pool_name, full=me not in admitted, max_concurrent=pool.max_concurrent)
+
+
+@dataclass(frozen=True)
+class Counts:
+    running: int
+    waiting: int
+    requeued: int
+
+
+def counts(members: Iterable[Member]) -> Counts:
+    members = list(members)
+    return Counts(
+        running=sum(m.running for m in members),
+        waiting=sum(m.waiting and not m.requeued for m in members),
+        requeued=sum(m.requeued for m in members),
+    )

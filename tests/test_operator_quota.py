@@ -1,0 +1,143 @@
+"""QuotaPools with the real operator process: shared exhaustion, `maxConcurrent`, a deleted pool.
+
+The cluster has no pod runtime: the test plays the kubelet, so sessions end exactly when and how the test
+says (see test_operator_restarts.py, whose helpers these tests share).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from fleetdispatch.api import API_VERSION
+from fleetdispatch.devcluster.stack import BackgroundCluster
+from operators import Namespace, OperatorProcess, eventually, running_operator, terminated
+from test_operator_restarts import _now, _spec
+
+_names = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[BackgroundCluster]:
+    with BackgroundCluster(runtime="none", bookmark_seconds=0.5) as running_cluster:
+        yield running_cluster
+
+
+@pytest.fixture(scope="module")
+def operator(
+    cluster: BackgroundCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    with running_operator(cluster, tmp_path_factory.mktemp("operator")) as process:
+        yield process
+
+
+@pytest.fixture
+def ns(cluster: BackgroundCluster, operator: OperatorProcess) -> Namespace:
+    return Namespace(cluster, f"quota-{next(_names)}")
+
+
+def _pool_kind(c: Any) -> Any:
+    kind = c.store.kind("fleet.dispatch.dev", "v1alpha1", "quotapools")
+    assert kind is not None
+    return kind
+
+
+def _create_pool(ns: Namespace, name: str, **spec: Any) -> None:
+    body = {"apiVersion": API_VERSION, "kind": "QuotaPool", "metadata": {"name": name}, "spec": spec}
+    ns.cluster.call(lambda c: c.store.create(_pool_kind(c), ns.name, body))
+
+
+def _pool_status(ns: Namespace, name: str) -> dict[str, Any]:
+    return dict(ns.cluster.call(lambda c: c.store.get(_pool_kind(c), ns.name, name)).get("status") or {})
+
+
+def _live_pods(ns: Namespace) -> list[str]:
+    return [
+        p["metadata"]["name"]
+        for p in ns.pods()
+        if p.get("status", {}).get("phase") not in ("Succeeded", "Failed")
+        and not p["metadata"].get("deletionTimestamp")
+    ]
+
+
+def _pooled(pool: str, **overrides: Any) -> dict[str, Any]:
+    return _spec(quotaPool=pool, **overrides)
+
+
+def test_one_members_exhaustion_holds_the_pool_until_the_reset(ns: Namespace) -> None:
+    _create_pool(ns, "shared")
+    ns.create("first", _pooled("shared"))
+    eventually(lambda: _live_pods(ns) == ["first-1"], what="the first pod")
+    outcome = {"reason": "QuotaExhausted", "resetAt": _now(4), "resumeToken": "s-1"}
+    ns.pod_status("first-1", terminated(_now(), 75, json.dumps(outcome)))
+    ns.wait_phase("first", "Requeued")
+    eventually(lambda: _pool_status(ns, "shared").get("exhaustedUntil"), 5, "the pool records the reset")
+    assert _pool_status(ns, "shared")["exhaustedBy"] == "first"
+
+    ns.create("second", _pooled("shared"))
+    status = ns.wait_phase("second", "Requeued")
+    assert status["reason"] == "QuotaPoolExhausted"
+    requeued = ns.condition("second", "Requeued")
+    assert (
+        requeued is not None and requeued["status"] == "True" and requeued["reason"] == "QuotaPoolExhausted"
+    )
+    time.sleep(1)
+    assert "second-1" not in [p["metadata"]["name"] for p in ns.pods()]  # no attempt before the reset
+    eventually(lambda: {"first-2", "second-1"} <= set(_live_pods(ns)), 10, "both start after the reset")
+    first = ns.pod("first-2")["spec"]["containers"][0]["env"]
+    assert {"name": "FLEET_RESUME_TOKEN", "value": "s-1"} in first
+    assert ns.status("second")["requeues"] == 0  # the pool's wait spends nothing of its own
+
+
+def test_max_concurrent_admits_in_creation_order_and_never_runs_more(ns: Namespace) -> None:
+    _create_pool(ns, "narrow", maxConcurrent=2)
+    for index in range(5):
+        ns.create(f"d{index}", _pooled("narrow"))
+    eventually(lambda: len(_live_pods(ns)) == 2, what="two admitted")
+    time.sleep(1)
+    assert sorted(_live_pods(ns)) == ["d0-1", "d1-1"]
+    assert ns.status("d4")["reason"] == "QuotaPoolFull"
+    eventually(lambda: _pool_status(ns, "narrow").get("running") == 2, 5, "the pool counts")
+    assert _pool_status(ns, "narrow")["waiting"] == 3
+    finished: list[str] = []
+    for _ in range(5):
+        live = sorted(_live_pods(ns))
+        assert len(live) <= 2, live
+        if not live:
+            break
+        oldest = live[0]
+        ns.pod_status(oldest, terminated(_now(), 0, reason="Completed"))
+        finished.append(oldest)
+        eventually(lambda oldest=oldest: oldest not in _live_pods(ns), 5, f"{oldest} ended")
+        eventually(lambda: len(_live_pods(ns)) == min(2, 5 - len(finished)), 10, "the next admitted")
+    assert finished == ["d0-1", "d1-1", "d2-1", "d3-1", "d4-1"]
+    for index in range(5):
+        ns.wait_phase(f"d{index}", "Succeeded")
+
+
+def test_deleting_a_pool_releases_its_dispatches(ns: Namespace) -> None:
+    _create_pool(ns, "gone", maxConcurrent=1)
+    ns.create("a", _pooled("gone"))
+    ns.create("b", _pooled("gone"))
+    eventually(lambda: _live_pods(ns) == ["a-1"], what="one admitted")
+    ns.wait_phase("b", "Pending")
+    ns.cluster.call(lambda c: c.store.delete(_pool_kind(c), ns.name, "gone"))
+    eventually(lambda: "b-1" in _live_pods(ns), 10, "b released")
+    assert "does not exist" in ns.status("b")["message"]
+
+
+def test_a_reset_too_far_away_is_waited_for_the_longest_wait_only(
+    cluster: BackgroundCluster, ns: Namespace, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    ns.create("far", _spec())
+    eventually(lambda: _live_pods(ns) == ["far-1"])
+    outcome = {"reason": "QuotaExhausted", "resetAt": "2099-01-01T00:00:00Z"}
+    ns.pod_status("far-1", terminated(_now(), 75, json.dumps(outcome)))
+    status = ns.wait_phase("far", "Requeued")
+    assert status["requeueAt"] < "2026-12-31"  # within the operator's longest wait (24 h by default)
+    assert "longest quota wait" in status["message"]
