@@ -141,6 +141,7 @@ class Controller:
     _pool_writes: dict[Key, asyncio.TimerHandle] = field(default_factory=dict)
     _pools_seen: dict[Key, tuple[Any, ...]] = field(default_factory=dict)
     _pool_locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
+    _exhausted: dict[Key, datetime] = field(default_factory=dict)  # resets this operator has recorded
 
     # --- what the watches tell us ------------------------------------------------------------------
 
@@ -253,9 +254,16 @@ class Controller:
             return
         c = quota.counts(self._pool_members(key, self.clock()))
         status: dict[str, Any] = {"running": c.running, "waiting": c.waiting, "requeued": c.requeued}
-        if exhausted is not None and (pool.exhausted_until is None or exhausted[0] > pool.exhausted_until):
+        known = max(
+            (t for t in (pool.exhausted_until, self._exhausted.get(key)) if t is not None), default=None
+        )
+        if exhausted is not None and (known is None or exhausted[0] > known):
+            # Remembered at once: the members that stop next for the same reset do not write it again.
+            self._exhausted[key] = exhausted[0]
             status["exhaustedUntil"] = exhausted[0].strftime("%Y-%m-%dT%H:%M:%SZ")
             status["exhaustedBy"] = exhausted[1]
+        elif exhausted is not None:
+            return  # already recorded; the counts follow with the debounced write
         seen = self._pools_seen.get(key)
         if (
             "exhaustedUntil" not in status
@@ -369,11 +377,12 @@ class Controller:
         cached = self.dispatches.get(key)
         if cached is None or cached.deleting:
             return
-        if cached.pool is None:
+        pool = self.pools((key[0], cached.pool)) if cached.pool is not None else None
+        if cached.pool is None or pool is None or pool.max_concurrent is None:
             await self._reconcile(key, cached)
             return
-        # One member of a pool at a time: admission reads the members' statuses, and the slot a member
-        # takes must be in its status (the write's response) before the next member is judged.
+        # One member of a bounded pool at a time: admission reads the members' statuses, and the slot a
+        # member takes must be in its status (the write's response) before the next member is judged.
         lock = self._pool_locks.setdefault((key[0], cached.pool), asyncio.Lock())
         async with lock:
             cached = self.dispatches.get(key)
