@@ -39,6 +39,12 @@ failure starts afresh, and forgets the resume token, which belongs to the line o
 A live pod whose session has ended is never deleted, in any phase: it stops on its own, and deleting it
 would only lose its logs (the succeeded attempt's, typically, while its supervisor sidecar stops).
 
+A dispatch in a QuotaPool gets a `quota.Gate` with its inputs: while the pool is exhausted its next attempt
+waits `Requeued` (reason `QuotaPoolExhausted`) until the pool's reset, and while the pool's `maxConcurrent`
+slots are taken it waits `Pending` (reason `QuotaPoolFull`); its own quota stop reports the reset for the pool
+(`Decision.pool_exhausted_until`). A reset further away than `Limits.max_quota_wait_seconds` is waited for
+that long only.
+
 Events: one per transition the operator decides (a pod created, a retry, a requeue, a suspension, the end).
 Pending to Running is mirrored from the pod and has none, because the kubelet's own `Started` event on the
 pod already says so, and a write saved per dispatch is a write saved per campaign member.
