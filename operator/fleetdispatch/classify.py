@@ -49,7 +49,7 @@ from fleetdispatch.podstatus import PodView, Termination, parse_time
 
 Verdict = Literal["Succeed", "Fail", "Retry", "Resume", "Requeue", "Ignore"]
 
-QUOTA_EXIT_CODE = 75  # EX_TEMPFAIL, what `fleetdispatch quota-guard` exits with
+QUOTA_EXIT_CODE = protocol.QUOTA_EXIT_CODE
 POD_DELETED = "PodDeleted"
 SUPERVISOR_LOST = "SupervisorLost"
 EVICTED = "Evicted"

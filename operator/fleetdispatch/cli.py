@@ -3,7 +3,8 @@
 `validate` checks manifests offline exactly as the API server (CRD schema and CEL rules) and the operator
 (the models) would, so a GitOps pipeline can refuse a bad dispatch before it reaches a cluster. `supervise`
 runs beside a session as its pod's sidecar (see `supervisor`). `dev` runs the dev cluster (see
-`devcluster`) with the operator in it. `operator` runs the operator (see `controller`).
+`devcluster`) with the operator in it. `operator` runs the operator (see `controller`). `quota-guard` runs
+inside a session, when its upstream quota is exhausted (see `quotaguard`).
 
 Each subcommand imports its module only when it runs: the supervisor's memory budget (30 MiB) leaves no
 room for pydantic, the CEL evaluator or kopf, which `validate` and the operator need.
@@ -124,6 +125,12 @@ def _add_operator_flags(parser: argparse.ArgumentParser) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["quota-guard"]:
+        # The guard owns its command line (it also runs as `python -m fleetdispatch.quotaguard`).
+        from fleetdispatch import quotaguard
+
+        return quotaguard.main(arguments[1:], prog="fleetdispatch quota-guard")
     parser = argparse.ArgumentParser(prog="fleetdispatch", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"fleetdispatch {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -161,6 +168,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "the deadline passes or its output stalls.",
     )
     deadline.add_arguments(supervise, os.environ)
+    commands.add_parser(
+        "quota-guard",
+        add_help=False,
+        help="inside a session: wait for an upstream quota to reset if the budget allows, else end the "
+        "session QuotaExhausted (exit 75) so it is requeued; see `fleetdispatch quota-guard --help`",
+    )
     operate = commands.add_parser(
         "operator",
         help="run the operator: one supervised pod per attempt of every FleetDispatch",
@@ -177,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     operate.add_argument("--verbose", action="store_true", help="log every event kopf handles")
     settings = _add_operator_flags(operate)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     if args.command == "operator":
         overrides = {name: getattr(args, f"setting_{name}") for name in settings}
         return run_operator(args.namespace, overrides, args.verbose)

@@ -41,6 +41,10 @@ FAILED: Final = "Failed"
 DEADLINE_EXCEEDED: Final = "DeadlineExceeded"
 IDLE_TIMEOUT: Final = "IdleTimeout"
 
+# EX_TEMPFAIL: a session (the quota guard) exits with it when its upstream quota ran out; without an
+# outcome that says otherwise, the operator reads it as QuotaExhausted.
+QUOTA_EXIT_CODE: Final = 75
+
 # The kubelet keeps at most 4096 bytes of a termination message; a longer outcome would arrive cut, which
 # is no longer JSON. Writers keep their outcome below this.
 MAX_OUTCOME_BYTES = 4096
