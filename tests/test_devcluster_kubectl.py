@@ -123,3 +123,23 @@ def test_namespaces_from_manifests(kubectl: Kubectl) -> None:
     assert "hello" in kubectl.run("get", "fd", "-A").stdout
     kubectl.run("delete", "namespace", "team-a")
     assert "team-a" not in kubectl.run("get", "namespaces").stdout
+
+
+def test_a_server_dry_run_answers_without_storing(kubectl: Kubectl, tmp_path: Path) -> None:
+    # kubectl diff and `apply --dry-run=server` send dryRun=All: the answer, never a change.
+    manifest = (ROOT / "examples" / "minimal.yaml").read_text()
+    kubectl.run("apply", "-f", "-", stdin=manifest)
+    before = kubectl.run("get", "fd", "hello", "-o", "jsonpath={.metadata.resourceVersion}").stdout
+    changed = manifest + "  retry:\n    maxAttempts: 7\n"
+    dry = kubectl.run(
+        "apply", "--dry-run=server", "-f", "-", "-o", "jsonpath={.spec.retry.maxAttempts}", stdin=changed
+    )
+    assert dry.stdout == "7"
+    diff = kubectl.run("diff", "-f", "-", stdin=changed, check=False)
+    assert diff.returncode == 1 and "maxAttempts: 7" in diff.stdout
+    kubectl.run("delete", "--dry-run=server", "fd", "hello")
+    after = kubectl.run(
+        "get", "fd", "hello", "-o", "jsonpath={.metadata.resourceVersion} {.spec.retry.maxAttempts}"
+    )
+    assert after.stdout == f"{before} 3"
+    kubectl.run("delete", "fd", "hello")

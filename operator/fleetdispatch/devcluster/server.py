@@ -302,8 +302,9 @@ class ApiServer:
             return _json(obj)
         body = await self._body(request)
         validation = query.get("fieldValidation", WARN)
+        dry_run = query.get("dryRun") == "All"  # kubectl diff, --dry-run=server: answered, not stored
         if request.method == "POST" and name is None:
-            written = self.store.create(kind, namespace, body, field_validation=validation)
+            written = self.store.create(kind, namespace, body, field_validation=validation, dry_run=dry_run)
             return _json(written.obj, 201, _warnings(written.warnings))
         if name is None:
             raise ApiError(
@@ -311,7 +312,13 @@ class ApiServer:
             )
         if request.method == "PUT":
             written = self.store.update(
-                kind, namespace, name, body, subresource=target.subresource, field_validation=validation
+                kind,
+                namespace,
+                name,
+                body,
+                subresource=target.subresource,
+                field_validation=validation,
+                dry_run=dry_run,
             )
             return _json(written.obj, 200, _warnings(written.warnings))
         if request.method == "PATCH":
@@ -330,8 +337,12 @@ class ApiServer:
                 body,
                 subresource=target.subresource,
                 field_validation=validation,
+                dry_run=dry_run,
             )
             return _json(written.obj, 200, _warnings(written.warnings))
+        in_options = isinstance(body, dict) and "All" in (body.get("dryRun") or [])
+        if request.method == "DELETE" and (dry_run or in_options):
+            return _json(self.store.get(kind, namespace, name))  # kubectl sends it in DeleteOptions
         if request.method == "DELETE":
             options = body if isinstance(body, dict) else {}
             grace = query.get("gracePeriodSeconds", options.get("gracePeriodSeconds"))

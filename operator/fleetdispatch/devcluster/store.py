@@ -280,7 +280,13 @@ class Store:
     # ---- writes -----------------------------------------------------------------------------------------
 
     def create(
-        self, kind: ResourceType, namespace: str | None, body: Any, *, field_validation: str = STRICT
+        self,
+        kind: ResourceType,
+        namespace: str | None,
+        body: Any,
+        *,
+        field_validation: str = STRICT,
+        dry_run: bool = False,
     ) -> Written:
         if not isinstance(body, dict):
             raise bad_request("the body of the request must be a JSON object")
@@ -321,6 +327,8 @@ class Store:
             metadata["namespace"] = namespace
         obj, warnings = self._admit(kind, obj, None, field_validation)
         self._prepare_builtin(kind, obj)
+        if dry_run:  # `dryRun=All` (kubectl diff): admitted and returned, never stored
+            return Written(obj, warnings)
         self._commit(kind, ADDED, obj, None)
         if kind == CRDS:
             self._establish(obj)
@@ -336,6 +344,7 @@ class Store:
         *,
         subresource: str | None = None,
         field_validation: str = STRICT,
+        dry_run: bool = False,
     ) -> Written:
         """PUT: replace the object (or its status), honouring ``metadata.resourceVersion`` when given."""
         if not isinstance(body, dict):
@@ -355,6 +364,7 @@ class Store:
             metadata.get("resourceVersion"),
             subresource=subresource,
             field_validation=field_validation,
+            dry_run=dry_run,
         )
 
     def patch(
@@ -367,6 +377,7 @@ class Store:
         *,
         subresource: str | None = None,
         field_validation: str = STRICT,
+        dry_run: bool = False,
     ) -> Written:
         current = self.get(kind, namespace, name)
         try:
@@ -379,7 +390,13 @@ class Store:
             raise ApiError(422, "Invalid", "the patched object is not a JSON object")
         wanted = ((patch.get("metadata") or {}) if isinstance(patch, dict) else {}).get("resourceVersion")
         return self._replace(
-            kind, current, patched, wanted, subresource=subresource, field_validation=field_validation
+            kind,
+            current,
+            patched,
+            wanted,
+            subresource=subresource,
+            field_validation=field_validation,
+            dry_run=dry_run,
         )
 
     def delete(
@@ -524,6 +541,7 @@ class Store:
         *,
         subresource: str | None,
         field_validation: str,
+        dry_run: bool = False,
     ) -> Written:
         metadata = current["metadata"]
         name = metadata["name"]
@@ -568,6 +586,8 @@ class Store:
             return Written(current, warnings)
         if _spec_part(new) != _spec_part(current):
             new_metadata["generation"] = int(metadata.get("generation", 1)) + 1
+        if dry_run:
+            return Written(new, warnings)
         self._commit(kind, MODIFIED, new, current)
         if kind == CRDS:
             self._establish(self.get(kind, None, name))
