@@ -366,8 +366,9 @@ class Controller:
             self._specs[digest] = parsed
         return parsed
 
-    def _pods(self, key: Key) -> list[PodView]:
-        seen = {pod.name: pod for pod in self.pods(key)}
+    def _pods(self, key: Key, uid: str) -> list[PodView]:
+        """The dispatch's pods: labelled with its name and owned by this very object (its uid)."""
+        seen = {pod.name: pod for pod in self.pods(key) if pod.owner_uid == uid}
         for (namespace, name), pod in self.created.items():
             if namespace == key[0] and name not in seen and name.rpartition("-")[0] == key[1]:
                 seen[name] = pod
@@ -416,7 +417,7 @@ class Controller:
             self.settings.backstop_margin_seconds,
             self.settings.max_quota_wait_seconds,
         )
-        pods = self._pods(key)
+        pods = self._pods(key, cached.uid)
         decision = lifecycle.reconcile(dispatch, pods, now, limits)
         if decision.create is not None:
             refused = await self._create_pod(dispatch, cached.parsed.template, decision.create, now)
@@ -474,6 +475,12 @@ class Controller:
         except ApiError as error:
             if error.status == 409:  # created before a restart, or a repeated decision: the same pod
                 created = await self.api.request("GET", f"{path}/{name}")
+                if observe(created).owner_uid != dispatch.uid:
+                    # A dispatch of the same name was deleted and created again: wait for the garbage
+                    # collector to remove its predecessor's pod (the retry backs off).
+                    raise RuntimeError(
+                        f"pod {name} still belongs to a deleted dispatch of the same name"
+                    ) from None
             elif error.status in (400, 422):
                 return f"the API server refused the pod for attempt {request.attempt}: {error.message}"
             else:

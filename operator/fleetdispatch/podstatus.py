@@ -64,6 +64,9 @@ class PodView:
     # Pod-level: `Evicted` with the kubelet's message, or a DisruptionTarget condition's reason.
     disruption: str | None = None
     disruption_message: str | None = None
+    # The uid of the dispatch that owns the pod (its controller owner reference): a dispatch deleted and
+    # created again under the same name must not take its predecessor's pods for its own.
+    owner_uid: str | None = None
 
     @property
     def live(self) -> bool:
@@ -160,4 +163,13 @@ def observe(pod: Mapping[str, Any]) -> PodView:
         waiting_message=waiting.get("message") or None,
         disruption=disruption,
         disruption_message=disruption_message,
+        owner_uid=_controller_uid(metadata.get("ownerReferences") or []),
     )
+
+
+def _controller_uid(references: Any) -> str | None:
+    for reference in references:
+        if isinstance(reference, Mapping) and reference.get("controller"):
+            uid = reference.get("uid")
+            return str(uid) if uid else None
+    return None
