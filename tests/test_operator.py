@@ -8,7 +8,6 @@ need pods in exact states, are in test_operator_restarts.py.
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -18,9 +17,8 @@ import pytest
 
 from fleetdispatch.devcluster.stack import BackgroundCluster
 from kubectl import Kubectl, needs_kubectl
-from operators import Namespace, OperatorProcess, eventually, running_operator
+from operators import Namespace, eventually
 
-_names = itertools.count()
 FAST_RETRY = {"maxAttempts": 2, "backoff": {"baseSeconds": 1, "maxSeconds": 1, "jitterPercent": 0}}
 
 
@@ -28,19 +26,6 @@ FAST_RETRY = {"maxAttempts": 2, "backoff": {"baseSeconds": 1, "maxSeconds": 1, "
 def cluster() -> Iterator[BackgroundCluster]:
     with BackgroundCluster(runtime="local", bookmark_seconds=0.5) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def operator(
-    cluster: BackgroundCluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    with running_operator(cluster, tmp_path_factory.mktemp("operator")) as process:
-        yield process
-
-
-@pytest.fixture
-def ns(cluster: BackgroundCluster, operator: OperatorProcess) -> Namespace:
-    return Namespace(cluster, f"e2e-{next(_names)}")
 
 
 def _session(script: str, **spec: Any) -> dict[str, Any]:

@@ -6,7 +6,6 @@ says (see test_operator_restarts.py, whose helpers these tests share).
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -16,29 +15,14 @@ import pytest
 
 from fleetdispatch.api import API_VERSION
 from fleetdispatch.devcluster.stack import BackgroundCluster
-from operators import Namespace, OperatorProcess, eventually, running_operator, terminated
+from operators import Namespace, eventually, terminated
 from test_operator_restarts import _now, _spec
-
-_names = itertools.count()
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[BackgroundCluster]:
     with BackgroundCluster(runtime="none", bookmark_seconds=0.5) as running_cluster:
         yield running_cluster
-
-
-@pytest.fixture(scope="module")
-def operator(
-    cluster: BackgroundCluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    with running_operator(cluster, tmp_path_factory.mktemp("operator")) as process:
-        yield process
-
-
-@pytest.fixture
-def ns(cluster: BackgroundCluster, operator: OperatorProcess) -> Namespace:
-    return Namespace(cluster, f"quota-{next(_names)}")
 
 
 def _pool_kind(c: Any) -> Any:

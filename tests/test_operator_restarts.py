@@ -9,7 +9,6 @@ without schema), and the write budget of one dispatch.
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -21,9 +20,7 @@ import pytest
 from fleetdispatch import validation
 from fleetdispatch.devcluster.resources import PODS
 from fleetdispatch.devcluster.stack import BackgroundCluster
-from operators import Namespace, OperatorProcess, eventually, running, running_operator, terminated
-
-_names = itertools.count()
+from operators import Namespace, OperatorProcess, eventually, running, terminated
 
 
 def _schemaless_crd() -> dict[str, Any]:
@@ -44,18 +41,8 @@ def cluster() -> Iterator[BackgroundCluster]:
 
 
 @pytest.fixture(scope="module")
-def operator(
-    cluster: BackgroundCluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    with running_operator(
-        cluster, tmp_path_factory.mktemp("operator"), "--backstop-margin-seconds=1"
-    ) as process:
-        yield process
-
-
-@pytest.fixture
-def ns(cluster: BackgroundCluster) -> Namespace:
-    return Namespace(cluster, f"restarts-{next(_names)}")
+def operator_args() -> tuple[str, ...]:
+    return ("--backstop-margin-seconds=1",)
 
 
 def _now(offset: float = 0) -> str:
