@@ -82,6 +82,7 @@ def heartbeat(tmp_path: Path, server: str, **options: Any) -> Heartbeat:
     events: list[dict[str, Any]] = options.pop("events", [])
     made = Heartbeat.from_config(
         pod_name="job-1",
+        pod_uid=options.pop("pod_uid", None),
         namespace=None,
         server=server,
         token_file=str(token),
@@ -197,3 +198,19 @@ def test_the_supervise_command_does_not_load_the_operators_heavy_modules() -> No
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert loaded.stdout == "[]\n"
+
+
+def test_the_lease_is_owned_by_its_pod_when_the_uid_is_known(
+    tmp_path: Path, api_server: FakeApiServer
+) -> None:
+    # Collected with the pod: without the owner, every attempt would leave a Lease behind.
+    beat = heartbeat(tmp_path, api_server.url, pod_uid="uid-123")
+    beat.start()
+    beat.update(LeaseStatus(deadline=1_800_000_000))
+    deadline = time.monotonic() + 10
+    while len(api_server.requests) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    created = api_server.requests[1][3]
+    assert created["metadata"]["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Pod", "name": "job-1", "uid": "uid-123"}
+    ]

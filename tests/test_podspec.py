@@ -691,6 +691,10 @@ def test_the_heartbeat_token_is_mounted_into_the_supervisor_only() -> None:
     spec = pod["spec"]
     assert spec["serviceAccountName"] == "fleet-heartbeat"
     assert spec["automountServiceAccountToken"] is False
+    # Its pod's uid, for the Lease's owner reference (the Lease goes with the pod).
+    assert supervisor_of(pod)["env"] == [
+        {"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}}
+    ]
     assert token_mounts(pod) == {
         "fleet-supervisor": [{"name": "fleet-token", "mountPath": "/var/run/fleet-token", "readOnly": True}],
         "session": [],

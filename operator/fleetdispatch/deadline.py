@@ -69,6 +69,8 @@ class SupervisorConfig:
     attempt: str = ""
     # The Lease heartbeat; it is off unless a token file exists and a pod name is known.
     pod_name: str | None = None
+    # The pod's uid (downward API), so the Lease is owned by the pod and collected with it.
+    pod_uid: str | None = None
     namespace: str | None = None
     api_server: str | None = None
     token_file: str = DEFAULT_TOKEN_FILE
@@ -99,6 +101,7 @@ class SupervisorConfig:
         args += [f"--state-dir={self.state_dir}", f"--dispatch={self.dispatch}", f"--attempt={self.attempt}"]
         for flag, value in (
             ("--pod-name", self.pod_name),
+            ("--pod-uid", self.pod_uid),
             ("--namespace", self.namespace),
             ("--api-server", self.api_server),
             ("--ca-file", self.ca_file),
@@ -220,6 +223,11 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
     lease = parser.add_argument_group("the Lease heartbeat (on when the token file exists)")
     lease.add_argument(
         "--pod-name", default=environ.get("POD_NAME"), help="the Lease's name (default $POD_NAME)"
+    )
+    lease.add_argument(
+        "--pod-uid",
+        default=environ.get("POD_UID"),
+        help="the pod's uid: the Lease's owner, so it goes with the pod (default $POD_UID)",
     )
     lease.add_argument(
         "--namespace",

@@ -80,7 +80,9 @@ class Heartbeat:
         log: Log,
         wall: Callable[[], float] = time.time,
         timeout: float = REQUEST_TIMEOUT_SECONDS,
+        pod_uid: str | None = None,
     ) -> None:
+        self._pod_uid = pod_uid
         self._url = f"{server.rstrip('/')}/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
         self._namespace = namespace
         self._name = name
@@ -106,6 +108,7 @@ class Heartbeat:
         *,
         pod_name: str | None,
         namespace: str | None,
+        pod_uid: str | None = None,
         server: str | None,
         token_file: str,
         ca_file: str | None,
@@ -135,6 +138,7 @@ class Heartbeat:
             server=server,
             namespace=namespace,
             name=pod_name,
+            pod_uid=pod_uid,
             token_file=token,
             ca_file=ca if ca.is_file() else None,
             interval=interval,
@@ -215,14 +219,20 @@ class Heartbeat:
             patch = {"metadata": {"annotations": status.annotations()}, "spec": spec}
             if self._request("PATCH", item, patch, "application/merge-patch+json") != 404:
                 return
+        metadata: dict[str, Any] = {
+            "name": self._name,
+            "namespace": self._namespace,
+            "annotations": status.annotations(),
+        }
+        if self._pod_uid:
+            # Owned by the pod, so the garbage collector deletes the Lease with it: one Lease per attempt
+            # would otherwise pile up in the namespace.
+            owner = {"apiVersion": "v1", "kind": "Pod", "name": self._name, "uid": self._pod_uid}
+            metadata["ownerReferences"] = [owner]
         lease = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
-            "metadata": {
-                "name": self._name,
-                "namespace": self._namespace,
-                "annotations": status.annotations(),
-            },
+            "metadata": metadata,
             "spec": {**spec, "acquireTime": now},
         }
         code = self._request("POST", self._url, lease, "application/json")

@@ -192,6 +192,8 @@ def build_pod(  # noqa: PLR0917 - one argument per input of the pure function, a
         {"name": api.STATE_VOLUME, "emptyDir": {}},
     ]
     if heartbeat_account is not None:
+        # The pod's uid is known only once it is created: the downward API hands it to the supervisor.
+        supervisor["env"] = [{"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}}]
         volumes.append(_token_volume())
         supervisor["volumeMounts"].append({"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True})
     pod_spec["volumes"] = volumes

@@ -322,6 +322,7 @@ def supervise(config: SupervisorConfig) -> int:
         log("warning", message="could not mark the supervisor non-dumpable (prctl unavailable)")
     heartbeat = Heartbeat.from_config(
         pod_name=config.pod_name,
+        pod_uid=config.pod_uid,
         namespace=config.namespace,
         server=config.api_server,
         token_file=config.token_file,
