@@ -30,7 +30,7 @@ import yaml
 
 from fleetdispatch.devcluster.stack import BackgroundCluster
 from kubectl import Kubectl, needs_kubectl
-from operators import Namespace, OperatorProcess, eventually, running_operator
+from operators import Namespace, OperatorProcess, eventually
 
 pytestmark = needs_kubectl
 
@@ -56,14 +56,6 @@ _names = itertools.count()
 def cluster() -> Iterator[BackgroundCluster]:
     with BackgroundCluster(runtime="local", bookmark_seconds=0.5) as running_cluster:
         yield running_cluster
-
-
-@pytest.fixture(scope="module")
-def operator(
-    cluster: BackgroundCluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    with running_operator(cluster, tmp_path_factory.mktemp("operator")) as process:
-        yield process
 
 
 @dataclass

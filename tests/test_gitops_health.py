@@ -13,7 +13,6 @@ not done its work, and it has not failed) and is kept; Argo CD shows Suspended i
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -25,11 +24,10 @@ from lupa import lua51
 
 import kstatus
 from fleetdispatch.devcluster.stack import BackgroundCluster
-from operators import Namespace, OperatorProcess, eventually, running, running_operator, terminated
+from operators import Namespace, OperatorProcess, eventually, running, terminated
 
 ROOT = Path(__file__).resolve().parent.parent
 HEALTH_LUA = ROOT / "charts" / "fleet-dispatch" / "health" / "fleetdispatch.lua"
-_names = itertools.count()
 
 # What each phase looks like to each tool. kstatus has no Suspended: see the module docstring.
 EXPECTED = {
@@ -180,19 +178,6 @@ def test_what_a_wait_on_a_campaign_does() -> None:
 def cluster() -> Iterator[BackgroundCluster]:
     with BackgroundCluster(runtime="none", bookmark_seconds=0.5) as running_cluster:
         yield running_cluster
-
-
-@pytest.fixture(scope="module")
-def operator(
-    cluster: BackgroundCluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    with running_operator(cluster, tmp_path_factory.mktemp("operator")) as process:
-        yield process
-
-
-@pytest.fixture
-def ns(cluster: BackgroundCluster, operator: OperatorProcess) -> Namespace:
-    return Namespace(cluster, f"health-{next(_names)}")
 
 
 def _now(offset: float = 0) -> str:
