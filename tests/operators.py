@@ -1,8 +1,9 @@
-"""Test support: the real operator (`fleetdispatch operator`) as a process against a dev cluster.
+"""Test support: the real operator (`fleetdispatch operator`) as a process against the dev cluster.
 
-The operator is started the way a user starts it, with a kubeconfig, and talks to the dev cluster's API
-server over HTTP; tests read and write the cluster through the store (`cluster.call`), which is the API
-server's own state. `OperatorProcess.kill()` is SIGKILL: no cleanup, as when a node dies.
+The operator is started the way a user starts it, with a kubeconfig of its own identity (the chart's
+ServiceAccount, bound to exactly the chart's RBAC), and talks to the real kube-apiserver; tests read and
+write the cluster as its admin (`Kube`). What the operator did is read from the API server's audit log.
+`OperatorProcess.kill()` is SIGKILL: no cleanup, as when a node dies.
 """
 
 from __future__ import annotations
@@ -15,16 +16,25 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from fleetdispatch.api import API_VERSION, GROUP, VERSION
-from fleetdispatch.devcluster.resources import EVENTS, NAMESPACES, PODS, ResourceType
-from fleetdispatch.devcluster.stack import BackgroundCluster, DevCluster
+from fleetdispatch.devcluster.nodeagent import RUNTIME_ANNOTATION
+from fleetdispatch.devcluster.stack import OPERATOR_USER, AuditWatch, BackgroundCluster, audit_events
+from kube import ApiError, Kube
 
-MERGE = "application/merge-patch+json"
+DISPATCHES = f"/apis/{GROUP}/{VERSION}"
+_METHODS = {
+    "create": "POST",
+    "patch": "PATCH",
+    "update": "PUT",
+    "delete": "DELETE",
+    "deletecollection": "DELETE",
+}
 
 
 def free_port() -> int:
@@ -44,25 +54,21 @@ def eventually(check: Callable[[], Any], timeout: float = 20.0, what: str = "") 
         time.sleep(0.05)
 
 
-def dispatches(cluster: DevCluster) -> ResourceType:
-    kind = cluster.store.kind(GROUP, VERSION, "fleetdispatches")
-    assert kind is not None
-    return kind
-
-
 class OperatorProcess:
     """`fleetdispatch operator` in a subprocess; its log is kept for the failure message."""
 
     def __init__(self, cluster: BackgroundCluster, workdir: Path, *args: str) -> None:
         self.cluster = cluster
-        self.kubeconfig = cluster.write_kubeconfig(workdir / "kubeconfig")
+        self.kubeconfig = cluster.dev.operator_kubeconfig
         self.log_path = workdir / "operator.log"
         self.args = args
         self.metrics_port = free_port()
         self.health_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self._watches = AuditWatch(cluster.dev.audit_log, OPERATOR_USER)
 
     def start(self) -> OperatorProcess:
+        self._watches.open_watches()  # what was open before is someone else's (a killed predecessor's)
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         command = [
             sys.executable,
@@ -75,32 +81,24 @@ class OperatorProcess:
         ]
         with self.log_path.open("a") as log:
             self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        eventually(self.watching, 30, "the operator watches dispatches and pods")
+        eventually(self.watching, 60, "the operator watches dispatches and pods")
         return self
 
     def watching(self) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
             raise AssertionError(f"the operator exited:\n{self.log()}")
-        return bool(
-            self.cluster.call(lambda c: c.store.watching(dispatches(c)) >= 1 and c.store.watching(PODS) >= 1)
-        )
+        return {"fleetdispatches", "pods"} <= self._watches.open_watches()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
 
     def kill(self) -> None:
-        """SIGKILL, then wait until the API server has noticed its watches are gone."""
+        """SIGKILL, then wait until the API server has ended its watches (the audit log says so)."""
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)
-        eventually(
-            lambda: self.cluster.call(
-                lambda c: c.store.watching(dispatches(c)) == 0 and c.store.watching(PODS) == 0
-            ),
-            10,
-            "the killed operator's watches closed",
-        )
+        eventually(lambda: not self._watches.open_watches(), 20, "the killed operator's watches closed")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -129,18 +127,45 @@ def running_operator(cluster: BackgroundCluster, workdir: Path, *args: str) -> I
 
 
 class Namespace:
-    """One test's namespace in a shared cluster: its dispatches, pods and Events."""
+    """One test's namespace in the shared cluster: its dispatches, pods and Events.
 
-    def __init__(self, cluster: BackgroundCluster, name: str) -> None:
-        self.cluster, self.name = cluster, name
-        cluster.call(lambda c: c.store.create(NAMESPACES, None, {"metadata": {"name": name}}))
+    It enforces Pod Security `restricted` (so every pod the operator builds must pass it), and its
+    dispatches' pods run on the node agent's `runtime`: `local` (real processes in namespaces),
+    `instant` (completed at once) or `none` (left alone: the test writes their status as a kubelet would).
+    """
+
+    def __init__(
+        self, cluster: BackgroundCluster, name: str, runtime: str = "local", pod_security: str = "restricted"
+    ) -> None:
+        self.cluster, self.name, self.runtime = cluster, name, runtime
+        self.kube = Kube(cluster.dev)
+        labels = {f"pod-security.kubernetes.io/{mode}": pod_security for mode in ("enforce", "warn")}
+        self.kube.create("/api/v1/namespaces", {"metadata": {"name": name, "labels": labels}})
+        # Pods are refused until the namespace's default ServiceAccount exists (the ServiceAccount admission).
+        eventually(self._account, 30, f"the default ServiceAccount of {name}")
+        self._audit_offset = 0
+
+    def _account(self) -> bool:
+        try:
+            self.kube.get(f"/api/v1/namespaces/{self.name}/serviceaccounts/default")
+        except ApiError:
+            return False
+        return True
+
+    @property
+    def path(self) -> str:
+        return f"{DISPATCHES}/namespaces/{self.name}/fleetdispatches"
 
     def create(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        spec = json.loads(json.dumps(spec))
+        if self.runtime != "local" and isinstance(spec.get("template"), dict):
+            metadata = spec["template"].setdefault("metadata", {})
+            metadata.setdefault("annotations", {})[RUNTIME_ANNOTATION] = self.runtime
         body = {"apiVersion": API_VERSION, "kind": "FleetDispatch", "metadata": {"name": name}, "spec": spec}
-        return dict(self.cluster.call(lambda c: c.store.create(dispatches(c), self.name, body)).obj)
+        return self.kube.create(self.path, body)
 
     def dispatch(self, name: str) -> dict[str, Any]:
-        return dict(self.cluster.call(lambda c: c.store.get(dispatches(c), self.name, name)))
+        return self.kube.get(f"{self.path}/{name}")
 
     def status(self, name: str) -> dict[str, Any]:
         return dict(self.dispatch(name).get("status") or {})
@@ -149,37 +174,37 @@ class Namespace:
         return next((c for c in self.status(name).get("conditions", []) if c["type"] == type_), None)
 
     def patch_spec(self, name: str, patch: dict[str, Any]) -> None:
-        self.cluster.call(lambda c: c.store.patch(dispatches(c), self.name, name, MERGE, {"spec": patch}))
+        self.kube.patch(f"{self.path}/{name}", {"spec": patch})
 
     def pods(self) -> list[dict[str, Any]]:
         return sorted(
-            (
-                dict(p)
-                for p in self.cluster.call(lambda c: list(c.store.objects(PODS)))
-                if p["metadata"]["namespace"] == self.name
-            ),
-            key=lambda p: str(p["metadata"]["name"]),
+            self.kube.items(f"/api/v1/namespaces/{self.name}/pods"), key=lambda p: str(p["metadata"]["name"])
         )
 
     def pod(self, name: str) -> dict[str, Any]:
-        return dict(self.cluster.call(lambda c: c.store.get(PODS, self.name, name)))
+        return self.kube.get(f"/api/v1/namespaces/{self.name}/pods/{name}")
 
     def pod_status(self, name: str, status: dict[str, Any]) -> None:
-        self.cluster.call(
-            lambda c: c.store.patch(PODS, self.name, name, MERGE, {"status": status}, subresource="status")
-        )
+        """Write a pod's status as its kubelet would (for pods of the `none` runtime)."""
+        self.kube.patch(f"/api/v1/namespaces/{self.name}/pods/{name}/status", {"status": status})
 
-    def delete_pod(self, name: str) -> None:
-        self.cluster.call(lambda c: c.store.delete(PODS, self.name, name))
+    def delete_pod(self, name: str, grace: int | None = None) -> None:
+        options = {} if grace is None else {"gracePeriodSeconds": grace}
+        self.kube.delete(f"/api/v1/namespaces/{self.name}/pods/{name}", **options)
+
+    def logs(self, pod: str, container: str = "session") -> str:
+        """What `kubectl logs` shows: the kubelet's log, through the API server."""
+        query = urllib.parse.urlencode({"container": container})
+        url = f"{self.kube.url}/api/v1/namespaces/{self.name}/pods/{pod}/log?{query}"
+        with urllib.request.urlopen(url, context=self.kube._context, timeout=30) as response:
+            return str(response.read().decode(errors="replace"))
 
     def events(self) -> list[tuple[str, str]]:
         """The Events about dispatches (not the kubelet's about pods), oldest first."""
-        events = self.cluster.call(lambda c: list(c.store.objects(EVENTS)))
-        return [
-            (e["reason"], e["message"])
-            for e in events
-            if e["metadata"]["namespace"] == self.name and e["involvedObject"]["kind"] == "FleetDispatch"
-        ]
+        events = self.kube.items(f"/api/v1/namespaces/{self.name}/events")
+        # Creation order: etcd's revisions increase (timestamps have one-second precision).
+        events.sort(key=lambda e: int(e["metadata"]["resourceVersion"]))
+        return [(e["reason"], e["message"]) for e in events if e["involvedObject"]["kind"] == "FleetDispatch"]
 
     def wait_phase(self, name: str, phase: str, timeout: float = 20.0) -> dict[str, Any]:
         def reached() -> dict[str, Any] | None:
@@ -193,19 +218,23 @@ class Namespace:
                 f"{self.name}/{name} not {phase} after {timeout} s: {json.dumps(self.status(name))[:3000]}"
             ) from None
 
-    def operator_writes(self, requests: list[Any]) -> list[str]:
-        """The operator's write requests in this namespace, from the API server's request log."""
-        return [
-            f"{r.method} {r.path}"
-            for r in requests
-            if r.user_agent.startswith("fleet-dispatch")
-            and r.method != "GET"
-            and f"/namespaces/{self.name}/" in r.path
-        ]
+    def operator_writes(self) -> list[str]:
+        """The operator's write requests in this namespace (`POST /api/v1/...`), from the audit log."""
+        events, _ = audit_events(self.cluster.dev.audit_log)
+        writes = []
+        for event in events:
+            if event.get("stage") != "ResponseComplete" or event.get("verb") not in _METHODS:
+                continue
+            if (event.get("user") or {}).get("username") != OPERATOR_USER:
+                continue
+            if (event.get("objectRef") or {}).get("namespace") != self.name:
+                continue
+            writes.append(f"{_METHODS[event['verb']]} {event['requestURI'].split('?')[0]}")
+        return writes
 
 
 def running(started: str, supervisor: bool = True) -> dict[str, Any]:
-    """A pod status as a kubelet writes it once the session runs (for the runtime-less cluster)."""
+    """A pod status as a kubelet writes it once the session runs (for the `none` runtime)."""
     status: dict[str, Any] = {
         "phase": "Running",
         "startTime": started,

@@ -1,5 +1,5 @@
-"""The operator end to end: the real `fleetdispatch operator` process, the dev cluster over real HTTP, and
-real session processes with the real supervisor beside them (the local runtime runs pods' commands).
+"""The operator end to end: the real `fleetdispatch operator` process, the real kube-apiserver, and real
+session processes with the real supervisor beside them (the node agent runs pods in namespaces).
 
 Sessions are tiny shell scripts that read the session protocol (env, `$FLEET_STATE_DIR`) the way a real
 session would; timeouts are a few seconds, so each scenario takes seconds. The restart scenarios, which
@@ -9,7 +9,6 @@ need pods in exact states, are in test_operator_restarts.py.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,12 +19,6 @@ from kubectl import Kubectl, needs_kubectl
 from operators import Namespace, eventually
 
 FAST_RETRY = {"maxAttempts": 2, "backoff": {"baseSeconds": 1, "maxSeconds": 1, "jitterPercent": 0}}
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[BackgroundCluster]:
-    with BackgroundCluster(runtime="local", bookmark_seconds=0.5) as running:
-        yield running
 
 
 def _session(script: str, **spec: Any) -> dict[str, Any]:
@@ -53,7 +46,7 @@ def test_a_session_that_completes_succeeds(ns: Namespace) -> None:
     assert reconciling is not None and reconciling["status"] == "False"
     pod = ns.pod("hello-1")
     assert pod["spec"]["initContainers"][0]["name"] == "fleet-supervisor"
-    log = ns.cluster.call(lambda c: c.runtime.log_path(ns.name, "hello-1", "session").read_text())
+    log = ns.logs("hello-1")
     assert f"hello from {ns.name}/hello attempt 1" in log
 
 

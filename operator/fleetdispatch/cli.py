@@ -71,18 +71,31 @@ def validate(paths: Sequence[str], out: TextIO | None = None, stdin: TextIO | No
     return 1 if invalid else 0
 
 
-def run_dev(kubeconfig: Path, port: int, runtime: str) -> int:
-    """``fleetdispatch dev``: serve the dev cluster until Ctrl-C or SIGTERM."""
+def run_dev(kubeconfig: Path, port: int, runtime: str, operator: bool, data_dir: Path | None) -> int:
+    """``fleetdispatch dev``: serve the dev cluster until Ctrl-C or SIGTERM; 1 if a part of it died."""
     import asyncio
 
     from fleetdispatch.devcluster import stack
+    from fleetdispatch.devcluster.controlplane import ControlPlaneError
 
     def announce(line: str) -> None:
         print(line, flush=True)
 
     mode: stack.RuntimeMode = "instant" if runtime == "instant" else "local"
-    asyncio.run(stack.serve(kubeconfig_path=kubeconfig, port=port, runtime=mode, announce=announce))
-    return 0
+    try:
+        return asyncio.run(
+            stack.serve(
+                kubeconfig_path=kubeconfig,
+                port=port,
+                runtime=mode,
+                announce=announce,
+                operator=operator,
+                data_dir=data_dir,
+            )
+        )
+    except (ControlPlaneError, RuntimeError) as error:
+        print(f"fleetdispatch dev: {error}", file=sys.stderr)
+        return 1
 
 
 def run_operator(namespaces: Sequence[str], overrides: dict[str, object], verbose: bool) -> int:
@@ -145,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     dev = commands.add_parser(
         "dev",
-        help="run a local dev cluster: a Kubernetes API and a pod runtime, in memory, for kubectl and tests",
+        help="run a local dev cluster: a real Kubernetes control plane, a node agent and the operator",
     )
     dev.add_argument(
         "--kubeconfig",
@@ -159,7 +172,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--runtime",
         choices=("local", "instant"),
         default="local",
-        help="local: run pods' commands as processes; instant: complete pods at once (for benchmarks)",
+        help="local: run pods' commands in Linux namespaces (needs root); instant: complete pods at once "
+        "(for benchmarks)",
+    )
+    dev.add_argument(
+        "--no-operator",
+        dest="operator",
+        action="store_false",
+        help="the cluster alone, no operator (for `fleetdispatch operator` or a Helm-installed one)",
+    )
+    dev.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="keep etcd's data in this folder across restarts (default: a temporary folder)",
     )
     supervise = commands.add_parser(
         "supervise",
@@ -197,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "validate":
         return validate(args.paths)
     if args.command == "dev":
-        return run_dev(Path(args.kubeconfig), args.port, args.runtime)
+        return run_dev(Path(args.kubeconfig), args.port, args.runtime, args.operator, args.data_dir)
     if args.command == "supervise":
         from fleetdispatch import supervisor
 

@@ -9,17 +9,20 @@ or none, and the cluster's CA.
 Every request is counted by verb and status code (`counts`), which the metrics export and the benchmark
 reads; a response that is not 2xx raises `ApiError` with the server's `Status` message.
 
-Deliberately not here: retries and what a failure means (the controller decides), watching.
+`watch` streams a watch's events, for the dev cluster's node agent (the operator watches through kopf).
+
+Deliberately not here: retries and what a failure means (the controller decides).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import ssl
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,6 +123,41 @@ class KubeApi:
             headers["Authorization"] = f"Bearer {self._token}"
         return headers
 
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(ssl=self._ssl(), limit=64)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=60, connect=15)
+            )
+        return self._session
+
+    async def watch(self, path: str, params: Mapping[str, str]) -> AsyncIterator[dict[str, Any]]:
+        """The events of one watch request (``watch=1`` in ``params``), decoded, until the server ends it."""
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=15, sock_read=float(params.get("timeoutSeconds", 300)) + 30
+        )
+        async with self._client().get(
+            self.credentials.server + path, headers=self._headers(), params=params, timeout=timeout
+        ) as response:
+            self.counts[("WATCH", response.status)] += 1
+            if response.status >= 400:
+                payload = await response.json(content_type=None)
+                payload = payload if isinstance(payload, dict) else {}
+                raise ApiError(
+                    response.status,
+                    str(payload.get("reason") or response.reason),
+                    str(payload.get("message") or response.reason),
+                )
+            buffer = b""
+            async for chunk in response.content.iter_any():
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip():
+                        event = json.loads(line)
+                        if isinstance(event, dict):
+                            yield event
+
     async def request(
         self,
         method: str,
@@ -129,15 +167,10 @@ class KubeApi:
         content_type: str = "application/json",
         params: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(ssl=self._ssl(), limit=64)
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=60, connect=15)
-            )
         headers = self._headers()
         if body is not None:
             headers["Content-Type"] = content_type
-        async with self._session.request(
+        async with self._client().request(
             method, self.credentials.server + path, json=body, headers=headers, params=params
         ) as response:
             self.counts[(method, response.status)] += 1

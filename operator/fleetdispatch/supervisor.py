@@ -188,8 +188,7 @@ class Supervisor:
                         deadline=self._epoch(decision.deadline),
                     )
                     return 0
-                self._report(state)
-                return self._stop(decision)
+                return self._stop(decision, state)
             self._beat(state)
             if isinstance(decision, Continue) and decision.extended_from is not None:
                 self._publish_deadline(state.deadline)
@@ -207,11 +206,18 @@ class Supervisor:
         self._log("exit", reason="terminated: the session is left to the kubelet")
         return 0
 
-    def _report(self, state: State) -> None:
-        """The final figures, for the operator to mirror into the dispatch's status (`--report-file`)."""
+    def _report(self, state: State, outcome: dict[str, Any] | None = None) -> None:
+        """The final figures, for the operator to mirror into the dispatch's status (`--report-file`), with
+        the outcome of a stop this supervisor decided.
+
+        The outcome must be here, in the supervisor's own termination message: the kubelet bind-mounts a
+        file of the session container's own at the session's `terminationMessagePath`, so the
+        `outcome.json` the supervisor writes into the shared volume never becomes the session's message.
+        """
         if self._config.report_file is None:
             return
         report = {
+            **(outcome or {}),
             "deadline": self._epoch(state.deadline),
             "deadlineCap": self._epoch(cap(self._config, state)),
             "lastActivityTime": self._epoch(state.last_activity),
@@ -243,10 +249,7 @@ class Supervisor:
         at_cap = " (the cap)" if stop.deadline >= stop.cap else ""
         return f"the deadline {self._epoch(stop.deadline)}{at_cap} passed; {activity}"
 
-    def _write_outcome(self, stop: Stop) -> bool:
-        """Write the stop's outcome unless the session wrote its own; True when this one was written."""
-        if protocol.read_outcome(self._state_dir) is not None:
-            return False
+    def _outcome(self, stop: Stop) -> dict[str, Any]:
         outcome: dict[str, Any] = {
             "reason": stop.reason,
             "message": self._message(stop),
@@ -261,6 +264,12 @@ class Supervisor:
             outcome["resumeToken"] = token
         elif token is not None:
             outcome["message"] += f"; the resume token ({len(token.encode())} bytes) is too long to report"
+        return outcome
+
+    def _write_outcome(self, outcome: dict[str, Any]) -> bool:
+        """Write the stop's outcome unless the session wrote its own; True when this one was written."""
+        if protocol.read_outcome(self._state_dir) is not None:
+            return False
         text = json.dumps({k: v for k, v in outcome.items() if v is not None}) + "\n"
         path = self._state_dir / protocol.OUTCOME_FILE
         try:
@@ -288,8 +297,10 @@ class Supervisor:
             self._sleep(interval if end is None else max(0.0, min(interval, end - self._monotonic())))
         return False
 
-    def _stop(self, stop: Stop) -> int:
-        written = self._write_outcome(stop)
+    def _stop(self, stop: Stop, state: State) -> int:
+        outcome = self._outcome(stop)
+        written = self._write_outcome(outcome)
+        self._report(state, outcome if written else None)
         self._log(
             "stop",
             reason=stop.reason,

@@ -1,67 +1,89 @@
-"""The whole dev cluster in one place: API server, pod runtime and CRDs, started and stopped together.
+"""The whole dev cluster in one place: a real control plane, the node agent, the CRDs and the operator.
 
 :class:`DevCluster` is what ``fleetdispatch dev`` runs and what the test fixtures start: the
-:class:`~.server.ApiServer` on a loopback port, the :class:`~.runtime.LocalRuntime` (processes, or
-``instant`` pods for benchmarks, or none), fleet-dispatch's CRDs installed, and a kubeconfig that points
-``kubectl`` and kopf at it. Stopping it stops the runtime first, which kills every process it started, then
-the server, whose open watches end at once.
+:class:`~.controlplane.ControlPlane` (etcd, kube-apiserver, kube-controller-manager, kube-scheduler on
+loopback), the :class:`~.nodeagent.NodeAgent` (``local`` pods in namespaces, ``instant`` pods for the
+benches, or ``none``), fleet-dispatch's CRDs applied and established, and the operator's identity: the
+chart's ServiceAccount and exactly the chart's RBAC (``helm template`` of ``charts/fleet-dispatch`` with
+``watch.allNamespaces``), with a token for it in ``operator.kubeconfig``. The operator itself is a
+separate process (``fleetdispatch operator``), started by :func:`serve` or by the tests.
 
-:class:`BackgroundCluster` runs one in a thread with its own event loop, for synchronous callers: pytest
-tests that drive ``kubectl`` or a kopf operator in a subprocess, and scripts. Code that needs the store
-calls :meth:`BackgroundCluster.call`, which runs a function on the cluster's loop, because the store is not
-thread-safe (one loop owns it, as one process owns a real API server's state).
+:class:`BackgroundCluster` runs one in a thread with its own event loop, for synchronous callers (pytest).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import yaml
 
 from fleetdispatch import validation
-from fleetdispatch.api import GROUP, VERSION
-from fleetdispatch.devcluster.resources import CRDS, PODS
-from fleetdispatch.devcluster.runtime import LocalRuntime
-from fleetdispatch.devcluster.server import ApiServer
-from fleetdispatch.devcluster.store import Store
+from fleetdispatch.devcluster.controlplane import (
+    ControlPlane,
+    ControlPlaneError,
+    free_port,
+    kubeconfig,
+    tools_folder,
+)
+from fleetdispatch.devcluster.nodeagent import NodeAgent
+from fleetdispatch.kubeapi import Credentials, KubeApi
 
 RuntimeMode = Literal["local", "instant", "none"]
-T = TypeVar("T")
+OPERATOR_NAMESPACE = "fleet-system"
+OPERATOR_RELEASE = "fleet-dispatch"
+OPERATOR_ACCOUNT = "fleet-dispatch"
+OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}"
+_REPOSITORY = Path(__file__).resolve().parents[3]
+CHART = _REPOSITORY / "charts" / "fleet-dispatch"
 
 
-def kubeconfig(url: str, namespace: str = "default") -> str:
-    """A kubeconfig for the dev cluster: no credentials, because the server asks for none."""
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "fleetdispatch-dev", "cluster": {"server": url}}],
-        "users": [{"name": "fleetdispatch-dev", "user": {}}],
-        "contexts": [
-            {
-                "name": "fleetdispatch-dev",
-                "context": {
-                    "cluster": "fleetdispatch-dev",
-                    "user": "fleetdispatch-dev",
-                    "namespace": namespace,
-                },
-            }
+def chart_rbac(namespace: str = OPERATOR_NAMESPACE, *values: str) -> list[dict[str, Any]]:
+    """The chart's ServiceAccount and RBAC for the operator, rendered by ``helm template``."""
+    helm = shutil.which("helm") or str(tools_folder() / "bin" / "helm")
+    if not os.access(helm, os.X_OK):
+        raise ControlPlaneError(
+            "helm is needed to render the chart's RBAC: run `make tools` (or put helm on PATH)"
+        )
+    rendered = subprocess.run(
+        [
+            helm,
+            "template",
+            OPERATOR_RELEASE,
+            str(CHART),
+            "--namespace",
+            namespace,
+            "--set",
+            "watch.allNamespaces=true",
+            *(part for value in values for part in ("--set", value)),
+            "--show-only",
+            "templates/serviceaccount.yaml",
+            "--show-only",
+            "templates/rbac.yaml",
         ],
-        "current-context": "fleetdispatch-dev",
-    }
-    return yaml.safe_dump(config, sort_keys=False)
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return [doc for doc in yaml.safe_load_all(rendered) if doc]
 
 
 class DevCluster:
-    """API server + runtime + CRDs in the running event loop: ``async with DevCluster() as cluster``."""
+    """Control plane + node agent + CRDs + the operator's identity: ``async with DevCluster() as cluster``."""
 
     def __init__(
         self,
@@ -69,43 +91,134 @@ class DevCluster:
         port: int = 0,
         runtime: RuntimeMode = "local",
         workdir: Path | None = None,
-        crds: Iterable[dict[str, Any]] | None = None,
-        bookmark_seconds: float = 30.0,
+        data_dir: Path | None = None,
+        crds: bool = True,
     ) -> None:
-        self.store = Store()
-        self._workdir = workdir
         self._temporary: tempfile.TemporaryDirectory[str] | None = None
+        if workdir is None:
+            self._temporary = tempfile.TemporaryDirectory(prefix="fleetdispatch-dev-")
+            workdir = Path(self._temporary.name)
+        self.workdir = workdir
+        self.plane = ControlPlane(workdir / "controlplane", port=port, data_dir=data_dir)
         self._mode = runtime
-        self.runtime: LocalRuntime | None = None
-        self.server = ApiServer(self.store, port=port, bookmark_seconds=bookmark_seconds)
-        self._crds = list(validation.crds().values() if crds is None else crds)
-        self._runtime_task: asyncio.Task[None] | None = None
+        self._crds = crds
+        self.agent: NodeAgent | None = None
+        self._agent_api: KubeApi | None = None
+        self._agent_task: asyncio.Task[None] | None = None
+        self.operator_kubeconfig = workdir / "operator.kubeconfig"
 
     @property
     def url(self) -> str:
-        return self.server.url
+        return self.plane.url
+
+    @property
+    def audit_log(self) -> Path:
+        return self.plane.audit_log
+
+    def admin_kubeconfig(self, namespace: str = "default") -> str:
+        return self.plane.admin_kubeconfig(namespace)
 
     async def start(self) -> None:
-        for crd in self._crds:
-            self.store.create(CRDS, None, crd)
-        if self._mode != "none":
-            if self._workdir is None:
-                self._temporary = tempfile.TemporaryDirectory(prefix="fleetdispatch-dev-")
-                self._workdir = Path(self._temporary.name)
-            self.runtime = LocalRuntime(self.store, workdir=self._workdir, mode=self._mode)
-            self.server.logs = self.runtime.log_path
-            self._runtime_task = asyncio.create_task(self.runtime.run(), name="fleetdispatch-dev-runtime")
-        await self.server.start()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.plane.start)
+        try:
+            await loop.run_in_executor(None, self._setup)
+            if self._mode != "none":
+                client, serving = self.plane.node_credentials()
+                self._agent_api = KubeApi(
+                    Credentials(
+                        server=self.url,
+                        ca_file=str(self.plane.ca),
+                        certificate_file=str(client.certificate),
+                        key_file=str(client.key),
+                    ),
+                    user_agent="fleetdispatch-node",
+                )
+                self.agent = NodeAgent(
+                    self._agent_api,
+                    self.workdir / "node",
+                    api_url=self.url,
+                    serving=(serving.certificate, serving.key),
+                    client_ca=self.plane.ca,
+                    mode=self._mode,
+                )
+                self._agent_task = asyncio.create_task(self.agent.run(), name="fleetdispatch-node-agent")
+                registered = asyncio.create_task(self.agent.registered.wait())
+                await asyncio.wait(
+                    {registered, self._agent_task}, timeout=60, return_when=asyncio.FIRST_COMPLETED
+                )
+                if self._agent_task.done():
+                    await self._agent_task
+                if not registered.done():
+                    registered.cancel()
+                    raise ControlPlaneError("the node agent did not register its Node within 60 s")
+        except BaseException:
+            await self.stop()
+            raise
+
+    def _setup(self) -> None:
+        """CRDs established, and the operator's ServiceAccount with the chart's RBAC and a token."""
+        if self._crds:
+            crds = list(validation.crds().values())
+            self.plane.apply(crds)
+            for crd in crds:
+                self._wait_established(crd["metadata"]["name"])
+        self.plane.apply(
+            [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}}]
+        )
+        self.plane.apply(chart_rbac())
+        status, body = self.plane.request(
+            "POST",
+            f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/serviceaccounts/{OPERATOR_ACCOUNT}/token",
+            {
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenRequest",
+                "spec": {"expirationSeconds": 31536000},
+            },
+        )
+        if status != 201:
+            raise ControlPlaneError(
+                f"no token for the operator's service account: {status} {body.get('message')}"
+            )
+        self.operator_kubeconfig.write_text(
+            kubeconfig(self.url, self.plane.ca, OPERATOR_USER, token=str(body["status"]["token"])),
+            encoding="utf-8",
+        )
+        self.operator_kubeconfig.chmod(0o600)
+
+    def _wait_established(self, name: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            _, crd = self.plane.request(
+                "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
+            )
+            conditions = {c["type"]: c["status"] for c in (crd.get("status") or {}).get("conditions") or []}
+            if conditions.get("Established") == "True":
+                return
+            time.sleep(0.05)
+        raise ControlPlaneError(f"CRD {name} not established after {timeout} s")
 
     async def stop(self) -> None:
-        if self.runtime is not None:
-            await self.runtime.close()
-        if self._runtime_task is not None:
-            self._runtime_task.cancel()
-            await asyncio.gather(self._runtime_task, return_exceptions=True)
-        await self.server.stop()
+        if self.agent is not None:
+            await self.agent.close()
+        if self._agent_task is not None:
+            self._agent_task.cancel()
+            await asyncio.gather(self._agent_task, return_exceptions=True)
+        if self._agent_api is not None:
+            await self._agent_api.close()
+        await asyncio.get_running_loop().run_in_executor(None, self.plane.stop)
         if self._temporary is not None:
             self._temporary.cleanup()
+            self._temporary = None
+
+    def failed(self) -> str | None:
+        """Which part has died, if one has."""
+        component = self.plane.failed()
+        if component is not None:
+            return f"{component.name} exited with {component.exited()}:\n{component.tail(1500)}"
+        if self._agent_task is not None and self._agent_task.done():
+            return "the node agent stopped"
+        return None
 
     async def __aenter__(self) -> DevCluster:
         await self.start()
@@ -125,26 +238,22 @@ class BackgroundCluster:
         self.cluster: DevCluster | None = None
 
     @property
-    def url(self) -> str:
+    def dev(self) -> DevCluster:
         assert self.cluster is not None
-        return self.cluster.url
+        return self.cluster
+
+    @property
+    def url(self) -> str:
+        return self.dev.url
+
+    def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
+        """The cluster admin's kubeconfig (what a user's ``kubectl`` gets)."""
+        path.write_text(self.dev.admin_kubeconfig(namespace), encoding="utf-8")
+        path.chmod(0o600)
+        return path
 
     def _submit(self, coroutine: Any) -> Future[Any]:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-
-    def call(self, function: Callable[[DevCluster], T], timeout: float = 30.0) -> T:
-        """Run ``function(cluster)`` on the cluster's loop (where the store may be touched) and return."""
-
-        async def run() -> T:
-            assert self.cluster is not None
-            return function(self.cluster)
-
-        result: T = self._submit(run()).result(timeout)
-        return result
-
-    def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
-        path.write_text(kubeconfig(self.url, namespace), encoding="utf-8")
-        return path
 
     def __enter__(self) -> BackgroundCluster:
         self._thread.start()
@@ -154,27 +263,106 @@ class BackgroundCluster:
             await cluster.start()
             return cluster
 
-        self.cluster = self._submit(start()).result(30)
+        try:
+            self.cluster = self._submit(start()).result(180)
+        except BaseException:
+            self._end_loop()
+            raise
         return self
+
+    def _end_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         try:
             if self.cluster is not None:
-                self._submit(self.cluster.stop()).result(30)
+                self._submit(self.cluster.stop()).result(60)
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            self._loop.close()
+            self._end_loop()
 
 
-async def _operator_watching(cluster: DevCluster, task: asyncio.Task[None]) -> None:
-    """Until the operator watches dispatches and pods (or has died, which the caller reports)."""
-    dispatches = cluster.store.kind(GROUP, VERSION, "fleetdispatches")
-    kinds = [PODS] if dispatches is None else [PODS, dispatches]
-    while not task.done() and not all(cluster.store.watching(kind) for kind in kinds):
-        await asyncio.sleep(0.05)
+# ---- the operator as a process ---------------------------------------------------------------------------
+
+
+def audit_events(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """The audit log's events from byte ``offset`` (complete lines only), and the offset after them."""
+    try:
+        with path.open("rb") as file:
+            file.seek(offset)
+            data = file.read()
+    except OSError:
+        return [], offset
+    end = data.rfind(b"\n") + 1
+    events = []
+    for line in data[:end].splitlines():
+        with contextlib.suppress(ValueError):
+            events.append(json.loads(line))
+    return events, offset + end
+
+
+class AuditWatch:
+    """Follows the audit log: which watches a user has open now (started and not completed)."""
+
+    def __init__(self, path: Path, user: str) -> None:
+        self.path, self.user = path, user
+        self._offset = 0
+        self._open: dict[str, str] = {}  # auditID -> resource
+
+    def open_watches(self) -> set[str]:
+        events, self._offset = audit_events(self.path, self._offset)
+        for event in events:
+            if event.get("verb") != "watch" or (event.get("user") or {}).get("username") != self.user:
+                continue
+            resource = str((event.get("objectRef") or {}).get("resource") or "")
+            if event.get("stage") == "ResponseStarted":
+                self._open[event["auditID"]] = resource
+            elif event.get("stage") in ("ResponseComplete", "Panic"):
+                self._open.pop(event["auditID"], None)
+        return set(self._open.values())
+
+
+def operator_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fleetdispatch.cli", "operator", *args]
+
+
+@contextlib.contextmanager
+def operator_process(
+    cluster: DevCluster, log: Path, *args: str, timeout: float = 60.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``fleetdispatch operator`` as the chart's identity, until it watches dispatches and pods."""
+    watches = AuditWatch(cluster.audit_log, OPERATOR_USER)
+    watches.open_watches()
+    env = {**os.environ, "KUBECONFIG": str(cluster.operator_kubeconfig)}
+    with log.open("ab") as output:
+        process = subprocess.Popen(operator_command(*args), env=env, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while not {"fleetdispatches", "pods"} <= watches.open_watches():
+            if process.poll() is not None:
+                raise ControlPlaneError(f"the operator exited with {process.returncode}:\n{_tail(log)}")
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(f"the operator does not watch after {timeout} s:\n{_tail(log)}")
+            time.sleep(0.05)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _tail(path: Path) -> str:
+    try:
+        return path.read_bytes()[-4000:].decode(errors="replace")
+    except OSError:
+        return ""
 
 
 async def serve(
@@ -185,46 +373,55 @@ async def serve(
     announce: Callable[[str], None],
     stop: asyncio.Event | None = None,
     operator: bool = True,
-) -> None:
+    data_dir: Path | None = None,
+    operator_args: Sequence[str] = (),
+) -> int:
     """What ``fleetdispatch dev`` does: serve until ``stop`` is set (by default on SIGINT or SIGTERM).
 
-    With ``operator``, the operator runs in the same event loop, talking to the API server over HTTP like
-    any client, and ``ready`` is announced only once it watches.
+    Returns 0 on a requested stop, 1 when a component died (which is announced, and the rest stopped).
     """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signal_number, stop.set)
-    async with DevCluster(port=port, runtime=runtime) as cluster:
-        kubeconfig_path.write_text(kubeconfig(cluster.url), encoding="utf-8")
-        announce(f"fleetdispatch dev: API server at {cluster.url}, pod runtime: {runtime}")
-        announce(f"export KUBECONFIG={kubeconfig_path.resolve()}")
-        operator_stop = asyncio.Event()
-        task: asyncio.Task[None] | None = None
-        if operator:
-            from fleetdispatch import controller
-            from fleetdispatch.settings import OperatorSettings
-
-            options = OperatorSettings(metrics_port=0, health_port=0)
-            task = asyncio.create_task(
-                controller.run(options, server=cluster.url, stop_flag=operator_stop),
-                name="fleetdispatch-operator",
-            )
-            await _operator_watching(cluster, task)
-            if task.done():
-                await task  # its error, rather than a dev cluster that silently runs nothing
-            # kopf installs its own SIGINT/SIGTERM handlers; ours stop the operator, then everything else.
-            for signal_number in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(signal_number, stop.set)
-        what = "CRDs served, operator watching" if operator else "CRDs served, no operator"
-        announce(f"ready: {what}; state is in memory and goes away on exit (Ctrl-C to stop)")
-        await stop.wait()
-        announce("stopping: killing session processes, closing the API server")
-        if task is not None:
-            # kopf's graceful stop waits for its watch requests to end; the API server is ours and about
-            # to close, so after a short grace the operator is cancelled instead (it holds no state).
-            operator_stop.set()
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(task, 1.0)
-    for signal_number in (signal.SIGINT, signal.SIGTERM):
-        loop.remove_signal_handler(signal_number)
+    code = 0
+    try:
+        async with DevCluster(port=port, runtime=runtime, data_dir=data_dir) as cluster:
+            kubeconfig_path.write_text(cluster.admin_kubeconfig(), encoding="utf-8")
+            kubeconfig_path.chmod(0o600)
+            announce(f"fleetdispatch dev: kube-apiserver at {cluster.url}, node runtime: {runtime}")
+            announce(f"export KUBECONFIG={kubeconfig_path.resolve()}")
+            with contextlib.ExitStack() as stack:
+                process: subprocess.Popen[bytes] | None = None
+                if operator:
+                    log = cluster.workdir / "operator.log"
+                    args = [
+                        "--metrics-port",
+                        str(free_port()),
+                        "--health-port",
+                        str(free_port()),
+                        *operator_args,
+                    ]
+                    process = await loop.run_in_executor(
+                        None, lambda: stack.enter_context(operator_process(cluster, log, *args))
+                    )
+                    announce(f"operator log: {log}")
+                what = "operator watching" if operator else "no operator (--no-operator)"
+                kept = f"state kept in {data_dir}" if data_dir else "state goes away on exit"
+                announce(f"ready: CRDs established, {what}; {kept} (Ctrl-C to stop)")
+                while not stop.is_set():
+                    died = cluster.failed()
+                    if died is None and process is not None and process.poll() is not None:
+                        died = f"the operator exited with {process.returncode}"
+                    if died is not None:
+                        announce(f"fleetdispatch dev: {died}; stopping the rest")
+                        code = 1
+                        break
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 0.5)
+                announce("stopping: the operator, the node's pods, the control plane")
+                await loop.run_in_executor(None, stack.close)
+    finally:
+        for signal_number in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signal_number)
+    return code
