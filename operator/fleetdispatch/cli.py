@@ -75,8 +75,15 @@ def run_dev(kubeconfig: Path, port: int, runtime: str, operator: bool, data_dir:
     """``fleetdispatch dev``: serve the dev cluster until Ctrl-C or SIGTERM; 1 if a part of it died."""
     import asyncio
 
-    from fleetdispatch.devcluster import stack
-    from fleetdispatch.devcluster.controlplane import ControlPlaneError
+    try:
+        from fleetdispatch.devcluster import stack
+        from fleetdispatch.devcluster.controlplane import ControlPlaneError
+    except ImportError as error:  # cryptography, for the cluster's certificates
+        print(
+            f"fleetdispatch dev: {error}: install the dev extra (pip install 'fleet-dispatch[dev]')",
+            file=sys.stderr,
+        )
+        return 1
 
     def announce(line: str) -> None:
         print(line, flush=True)

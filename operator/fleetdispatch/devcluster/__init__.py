@@ -1,8 +1,8 @@
-"""The dev cluster: a Kubernetes API over real HTTP and a local pod runtime, in one process.
+"""The dev cluster: a real Kubernetes control plane, a node agent and the operator, on this machine.
 
-There is no Kubernetes cluster on a laptop or in CI, yet fleet-dispatch must be tried and tested against
-one. The dev cluster is the smallest thing that serves: :mod:`.store` holds objects with the API server's
-semantics, :mod:`.server` serves them over HTTP to kopf, the ``kubernetes`` client and ``kubectl``, and
-:mod:`.runtime` runs the pods created in it as local processes, the way a kubelet would. State lives in
-memory only. It is a development and test tool, not a cluster: see each module for what it leaves out.
+:mod:`.controlplane` runs the upstream etcd, kube-apiserver, kube-controller-manager and kube-scheduler
+(built from pinned modules by ``make tools``) on loopback, with certificates from :mod:`.pki`;
+:mod:`.nodeagent` is the kubelet, running the pods bound to its node in Linux namespaces (:mod:`.sandbox`);
+:mod:`.stack` puts them together with the CRDs and the operator's identity (``fleetdispatch dev``, the test
+fixtures). It is a development and test tool: see each module for what it leaves out.
 """
