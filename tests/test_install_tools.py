@@ -1,4 +1,4 @@
-"""`scripts/install-tools.sh controlplane`: what a user without Go, or with envtest's binaries, is told and gets.
+"""`scripts/install-tools.sh controlplane`: what a user without Go, or with envtest's binaries, gets.
 
 The script is run from a copy of the repository's scripts (its root is the copy's), so these tests never
 touch the real .tools/ and build nothing.
@@ -28,6 +28,7 @@ def _run(root: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
 
 
