@@ -34,9 +34,12 @@ and an error about the object as a whole has the path ``<nil>``, all as the serv
 way the server words the Status message. Errors come in the server's phase order (unknown fields, metadata,
 schema, list-type, CEL) and, within a phase, in the order of the object's fields.
 
-The messages follow recent Kubernetes releases, up to 1.34. In particular a failed CEL rule reports the
-*schema type* of the value (``spec: Invalid value: "object": message``); Kubernetes 1.35 prints scalar
-values instead and omits objects and arrays.
+The messages follow Kubernetes 1.35 and later (tests/test_admission_agreement.py holds them against the
+dev cluster's kube-apiserver): a failed CEL rule prints the offending value when it is a scalar
+(``spec.name: Invalid value: "x": message``) and no value for an object or an array (``spec: Invalid
+value: message``); other bad values print as Go's ``%v``/``%q`` for scalars and as JSON otherwise
+(``Duplicate value: {"name":"session"}``, ``Invalid value: null``). Releases up to 1.34 printed the
+schema type of a CEL rule's value (``"object"``) and Go syntax for maps (``map[string]interface {}{...}``).
 
 Deliberately not done (each a known difference from a real API server):
 
@@ -55,11 +58,14 @@ Deliberately not done (each a known difference from a real API server):
   the fewest errors; kube-openapi picks by a match count that usually, not always, agrees.
 * Formats: the server's supported formats are checked except ``isbn``, ``isbn10``, ``isbn13`` and
   ``creditcard`` (always accepted); ``email``, ``uri`` and ``hostname`` are close approximations of
-  govalidator's rules. Unsupported formats (``int32``, ``int64``, ``double``...) are ignored, as the server
-  ignores them. ``pattern`` uses RE2 (``google-re2``), as Go does.
+  govalidator's rules. Formats the server strips as unsupported (``uint32`` on an integer, ``made-up``...)
+  are ignored, as the server ignores them; ``int32``/``int64`` bound an integer's range. ``pattern`` uses
+  RE2 (``google-re2``), as Go does.
 * ObjectMeta: only name, generateName and namespace are checked, not labels, annotations, finalizers or
-  owner references; the metadata of embedded resources is not checked; ``status`` is validated like
-  ``spec`` even when the CRD has a status subresource (the server would ignore it on a main-resource write).
+  owner references; the metadata of embedded resources is not checked. (With a status subresource a
+  main-resource write leaves ``status`` alone, as on the server: it is neither validated nor stored.)
+* Errors in different properties of one object come in the object's field order; the server's order varies
+  from request to request (kube-openapi walks the schema's properties, a Go map), so compare them as a set.
 * With ``strict=True`` the server answers unknown fields with a 400 before it validates anything; ``admit``
   reports the unknown fields *and* goes on validating the pruned object, which is more useful to a linter.
 * YAML timestamps (``datetime``/``date`` objects from a YAML loader) are turned back into RFC 3339 strings;
@@ -94,6 +100,7 @@ __all__ = [
     "DUPLICATE",
     "FORBIDDEN",
     "INVALID",
+    "OMITTED",
     "REQUIRED",
     "TOO_LONG",
     "TOO_MANY",
@@ -139,6 +146,15 @@ class _Omit:
 
     def __repr__(self) -> str:
         return "<omitted>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Omit)
+
+    def __hash__(self) -> int:
+        return 0
+
+
+OMITTED: Final = _Omit()
 
 
 @dataclass(frozen=True)
@@ -227,10 +243,9 @@ def _go_float(number: float) -> str:
     return f"{prefix}{digits[:point]}.{digits[point:]}"
 
 
-def _go_sharp(value: object) -> str:
-    """fmt's %#v for a value of an unstructured object (map[string]interface {} and friends)."""
-    if value is None:
-        return "interface {}(nil)"
+def _go_value(value: object) -> str:
+    """How field.Error.ErrorBody prints a bad value: %v for numbers and booleans, %q for strings, and
+    encoding/json for the rest (objects, arrays, null)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -239,17 +254,42 @@ def _go_sharp(value: object) -> str:
         return _go_float(value)
     if isinstance(value, str):
         return _go_quote(value)
+    return _go_marshal(value)
+
+
+def _go_json_float(number: float) -> str:
+    """encoding/json's float64: %f-like between 1e-6 and 1e21, else the shortest %e with a short exponent."""
+    if number == 0 or 1e-6 <= abs(number) < 1e21:
+        text = repr(number)
+        if "e" in text or "E" in text:
+            text = format(Decimal(text), "f")
+        return text[:-2] if text.endswith(".0") else text
+    mantissa, _, exponent = repr(number).partition("e")
+    power = int(exponent)
+    return f"{mantissa.removesuffix('.0')}e{'-' if power < 0 else '+'}{abs(power):d}"
+
+
+def _go_marshal(value: object) -> str:
+    """encoding/json.Marshal of an unstructured value: sorted keys, no spaces, HTML characters escaped."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return _go_json_float(value)
+    if isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+        for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
+            text = text.replace(char, escaped)
+        return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
     if isinstance(value, Mapping):
-        items = ", ".join(f"{_go_quote(str(k))}:{_go_sharp(value[k])}" for k in sorted(value, key=str))
-        return f"map[string]interface {{}}{{{items}}}"
+        items = ",".join(f"{_go_marshal(str(k))}:{_go_marshal(value[k])}" for k in sorted(value, key=str))
+        return "{" + items + "}"
     if isinstance(value, list | tuple):
-        return f"[]interface {{}}{{{', '.join(_go_sharp(v) for v in value)}}}"
-    return str(value)
-
-
-def _go_value(value: object) -> str:
-    """How field.Error.ErrorBody prints a bad value: like %#v, except that null reads "null"."""
-    return '"null"' if value is None else _go_sharp(value)
+        return "[" + ",".join(_go_marshal(v) for v in value) + "]"
+    return _go_marshal(str(value))
 
 
 def _go_json(value: object) -> str:
@@ -480,7 +520,14 @@ def _supported_format(schema: Schema) -> str:
     name = schema.get("format")
     if not isinstance(name, str) or not name:
         return ""
-    return name if name.replace("-", "") in _FORMAT_CHECKS else ""
+    kind = _schema_type(schema)
+    if kind == "integer":
+        return name if name in ("int32", "int64") else ""
+    if kind == "number":
+        return name if name in ("float", "double") else ""
+    if kind in ("", "string"):
+        return name if name.replace("-", "") in _FORMAT_CHECKS else ""
+    return ""
 
 
 @functools.lru_cache(maxsize=256)
@@ -498,6 +545,36 @@ def _pattern(pattern: str) -> tuple[Any, str]:
 # --------------------------------------------------------------------------------------------------------
 # Defaulting
 # --------------------------------------------------------------------------------------------------------
+
+
+_INTEGER_RANGES: Final = {
+    "int32": (-(2**31), 2**31 - 1),
+    "": (-(2**63), 2**63 - 1),
+    "int64": (-(2**63), 2**63 - 1),
+}
+
+
+def _fits_integer(value: int | float, fmt: str) -> bool:
+    """kube-openapi's IsValueValidAgainstRange for an integer schema: the value, printed as Go's
+    FormatFloat(v, 'f', -1, 64) or FormatInt prints it, parses as an integer of the format's size."""
+    if isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            return False
+        value = int(value)
+    low, high = _INTEGER_RANGES.get(fmt, _INTEGER_RANGES[""])
+    return low <= value <= high
+
+
+def _stored_numbers(value: Any) -> Any:
+    """A value as it reads back from etcd: a number without a fraction is an integer there (the server
+    writes float64 60 as ``60``, which decodes as int64), whatever the manifest spelt."""
+    if isinstance(value, dict):
+        return {k: _stored_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_stored_numbers(v) for v in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    return value
 
 
 def _has_default(schema: Schema) -> bool:
@@ -693,7 +770,8 @@ class _SchemaValidator:
         kind = _json_type(data)
         if kind == "string":
             self._string(schema, data, name)
-            if fmt and not _FORMAT_CHECKS[fmt.replace("-", "")](data):
+            check = _FORMAT_CHECKS.get(fmt.replace("-", ""))
+            if check is not None and not check(data):
                 self._type_error(name, fmt, data)
         elif kind in ("integer", "number"):
             self._number(schema, data, name)
@@ -775,6 +853,10 @@ class _SchemaValidator:
 
     def _number(self, schema: Schema, data: int | float, name: str) -> None:
         is_int = isinstance(data, int)
+        if _schema_type(schema) == "integer" and not _fits_integer(data, _supported_format(schema)):
+            fmt = _supported_format(schema)
+            kind = f"with format {fmt}" if fmt else "(default format)"
+            self._composite(f"Checked value must be of type integer {kind} in {name}")
 
         def bound(limit: int | float) -> tuple[int | float, str]:
             # Integers are compared with the bound truncated to an int64, as MinimumNativeType does.
@@ -1357,10 +1439,12 @@ class _CelValidator:
                 continue
             if result:
                 continue
-            self._failure(schema, rule, here, path, detail=message or f"failed rule: {text}", value=type_name)
+            # The value that broke the rule is printed when it is a scalar (Kubernetes 1.35 and later).
+            bad = OMITTED if type_name in ("object", "array") else value
+            self._failure(schema, rule, here, path, detail=message or f"failed rule: {text}", value=bad)
 
     def _failure(
-        self, schema: Schema, rule: Mapping[str, Any], here: str, path: str, *, detail: str, value: str
+        self, schema: Schema, rule: Mapping[str, Any], here: str, path: str, *, detail: str, value: object
     ) -> None:
         field_path = rule.get("fieldPath")
         if isinstance(field_path, str) and field_path:
@@ -1548,12 +1632,28 @@ def admit(
         errors.extend(FieldError(path, UNKNOWN_FIELD, "") for path in unknown)
     stored = _default(schema, pruned)
     previous = _default(schema, prune(schema, old)[0]) if old is not None else None
+    if _status_subresource(crd, obj):
+        # A write to the main resource leaves the status alone (the strategy's PrepareForCreate drops it,
+        # PrepareForUpdate keeps the stored one), before validation: only /status writes change it.
+        stored.pop("status", None)
+        if previous is not None and "status" in previous:
+            stored["status"] = previous["status"]
     namespaced = _mapping(crd.get("spec")).get("scope", "Namespaced") == "Namespaced"
     out = _Collector()
     for error in _metadata_errors(stored, previous, namespaced=namespaced):
         out.add(error)
     _validate(schema, stored, previous, out, resource_root=True)
-    return stored, errors + out.errors
+    return _stored_numbers(stored), errors + out.errors
+
+
+def _status_subresource(crd: Mapping[str, Any], obj: Mapping[str, Any]) -> bool:
+    """Whether the CRD version ``obj`` names has the status subresource."""
+    versions = _mapping(crd.get("spec")).get("versions")
+    version = str(obj.get("apiVersion", "")).rpartition("/")[2]
+    for served in versions if isinstance(versions, list) else []:
+        if isinstance(served, Mapping) and served.get("name") == version:
+            return "status" in _mapping(served.get("subresources"))
+    return False
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -72,6 +72,15 @@ def check(manifest: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> 
         model_error = None
     except api.InvalidSpec as error:
         model_error = str(error)
+    if model_error is not None and not errors:
+        # The API server accepts it, and the operator reads what the server stores: a null it dropped or
+        # defaulted, a 60.0 it stores as 60, are no error.
+        stored_old = admission.admit(crds()[kind], old)[0] if old is not None else None
+        try:
+            _parse(kind, defaulted, stored_old)
+            model_error = None
+        except api.InvalidSpec as error:
+            model_error = str(error)
     return Verdict(
         kind=kind, name=name, api_errors=tuple(errors), model_error=model_error, defaulted=defaulted
     )
