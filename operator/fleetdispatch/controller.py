@@ -594,6 +594,10 @@ class _NoDiffBase(kopf.AnnotationsDiffBaseStorage):
 async def _startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     options = getattr(memo, "options", None) or OperatorSettings.from_env()
     settings.peering.standalone = True
+    # The chart grants no cluster-wide reads of CRDs or namespaces (least privilege): declare that restricted
+    # mode, so kopf does not retry the forbidden list of CRDs for a minute, logging errors, at every start.
+    # The CRDs are found by the initial discovery; the namespaces are the watched ones, by exact name.
+    settings.scanning.disabled = True
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
     settings.persistence.diffbase_storage = _NoDiffBase(prefix=api.GROUP, key="last-handled-configuration")
     settings.persistence.finalizer = f"{api.GROUP}/kopf-finalizer"

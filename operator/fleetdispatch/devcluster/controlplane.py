@@ -47,7 +47,8 @@ _STOP_GRACE_SECONDS = 5.0
 
 # Every request at the Metadata level (who, what, verb, status; no bodies): the tests' request log, what
 # tells that the operator watches, and what a user inspects to see which calls the operator makes. Left
-# out: the cluster's own components, leases (frequent, and say nothing), the admin's reads (the tests poll).
+# out: the cluster's components and their leases (frequent, say nothing), the admin's reads (the tests poll).
+# Kept of the components: the Job controller, the operator's anchor in bench/operator_dispatch.py.
 AUDIT_POLICY = {
     "apiVersion": "audit.k8s.io/v1",
     "kind": "Policy",
@@ -57,8 +58,14 @@ AUDIT_POLICY = {
             "level": "None",
             "users": ["system:kube-scheduler", "system:kube-controller-manager", "system:apiserver"],
         },
+        {"level": "Metadata", "users": ["system:serviceaccount:kube-system:job-controller"]},
         {"level": "None", "userGroups": ["system:serviceaccounts:kube-system", "system:nodes"]},
-        {"level": "None", "resources": [{"group": "coordination.k8s.io", "resources": ["leases"]}]},
+        {
+            "level": "None",
+            "resources": [{"group": "coordination.k8s.io", "resources": ["leases"]}],
+            # The components' and the node's; a supervisor's heartbeat in a dispatch namespace is kept.
+            "namespaces": ["kube-system", "kube-node-lease"],
+        },
         {"level": "None", "users": ["fleetdispatch-admin"], "verbs": ["get", "list", "watch"]},
         {"level": "Metadata"},
     ],
@@ -205,6 +212,7 @@ class ControlPlane:
         self.logs.mkdir(exist_ok=True)
         self.audit_log = self.logs / "audit.log"
         self.url = ""
+        self.notes: list[str] = []  # what a user should know about how it started (a port taken)
         self.admin = self.pki.issue("admin", "fleetdispatch-admin", organizations=("system:masters",))
 
     # ---- identities -------------------------------------------------------------------------------------
@@ -280,8 +288,12 @@ class ControlPlane:
         signing_key, verifying_key = self.pki.signing_key("service-account")
         policy = self.workdir / "audit-policy.yaml"
         policy.write_text(yaml.safe_dump(AUDIT_POLICY), encoding="utf-8")
+        wanted = self.port
+        if wanted and not _port_free(wanted):
+            self.notes.append(f"port {wanted} is in use: the API server takes another")
+            wanted = 0
         for attempt in range(3):  # a port taken between picking and binding: pick another
-            port = self.port or free_port()
+            port = wanted or free_port()
             self.url = f"https://127.0.0.1:{port}"
             apiserver = Component(
                 "kube-apiserver",
@@ -298,7 +310,9 @@ class ControlPlane:
                     f"--tls-private-key-file={serving.key}",
                     f"--client-ca-file={self.ca}",
                     "--authorization-mode=Node,RBAC",
-                    "--enable-admission-plugins=NodeRestriction",
+                    # Beside the defaults: a node touches only its own objects; an owner reference that
+                    # blocks its owner's deletion needs update on the owner's finalizers (the chart grants it)
+                    "--enable-admission-plugins=NodeRestriction,OwnerReferencesPermissionEnforcement",
                     f"--service-cluster-ip-range={SERVICE_CIDR}",
                     f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                     f"--service-account-key-file={verifying_key}",
@@ -327,7 +341,7 @@ class ControlPlane:
             try:
                 self._wait(self._api_ready, timeout, apiserver)
             except ControlPlaneError:
-                if attempt < 2 and not self.port and "address already in use" in apiserver.tail():
+                if attempt < 2 and not wanted and "address already in use" in apiserver.tail():
                     continue
                 raise
             break
@@ -477,6 +491,15 @@ def resource_path(manifest: Mapping[str, Any]) -> str:
     metadata = manifest["metadata"]
     namespace = f"/namespaces/{metadata.get('namespace', 'default')}" if namespaced else ""
     return f"{prefix}{namespace}/{plural}/{metadata['name']}"
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _http_ok(url: str) -> bool:

@@ -123,13 +123,30 @@ class _Container:
     role: Role
     state: Object = dataclasses.field(default_factory=lambda: {"waiting": {"reason": "ContainerCreating"}})
     process: asyncio.subprocess.Process | None = None
-    namespace: str | None = None  # its mount namespace, once the launcher has made it
+    namespace: str | None = None  # its mount namespace, while held open (so its identifier is its own)
+    namespace_fd: int | None = None
     watcher: asyncio.Task[None] | None = None
     done: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
     @property
     def running(self) -> bool:
         return self.watcher is not None and not self.watcher.done()
+
+    def hold(self, launcher: int, namespace: str) -> None:
+        """Keep the container's mount namespace (the launcher's) open until :meth:`release`."""
+        self.namespace_fd = sandbox.hold_namespace(launcher, namespace)
+        self.namespace = None if self.namespace_fd is None else namespace
+
+    def kill_all(self, host: str) -> None:
+        """KILL every process left in its mount namespace (while held: never a later container's)."""
+        if self.namespace is not None:
+            with contextlib.suppress(ValueError):
+                sandbox.kill_namespace(self.namespace, host=host)
+
+    def release(self) -> None:
+        if self.namespace_fd is not None:
+            os.close(self.namespace_fd)
+        self.namespace, self.namespace_fd = None, None
 
     @property
     def exit_code(self) -> int | None:
@@ -913,6 +930,8 @@ class _Pod:
                 self.pause.kill()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._wait(self.containers.values(), _KILL_WAIT_SECONDS)
+        for container in self.containers.values():
+            container.release()
         if self.pause is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.pause.wait(), _KILL_WAIT_SECONDS)
@@ -944,9 +963,7 @@ class _Pod:
 
     def _kill(self, containers: Iterable[_Container]) -> None:
         for container in containers:
-            if container.namespace is not None:
-                with contextlib.suppress(ValueError):
-                    sandbox.kill_namespace(container.namespace, host=self.agent.host_namespace)
+            container.kill_all(self.agent.host_namespace)
             if container.process is not None and container.process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     container.process.kill()
@@ -983,10 +1000,12 @@ class _Pod:
         container.process = process
         info = await _read_json_when_ready(folder / "ready.json", process)
         if info is not None:
-            container.namespace = str(info["mountNamespace"])
+            container.hold(process.pid, str(info["mountNamespace"]))
         exit_info = _read_json(folder / "exit.json")
         if exit_info is not None and exit_info.get("error"):
             await process.wait()
+            container.kill_all(self.agent.host_namespace)
+            container.release()
             message = str(exit_info["error"])
             self.event("Warning", "Failed", message, container)
             self._terminated(container, START_ERROR_EXIT_CODE, "StartError", message, started=started)
@@ -1002,9 +1021,8 @@ class _Pod:
     async def _watch(self, container: _Container, folder: Path, started: str) -> None:
         assert container.process is not None
         returncode = await container.process.wait()
-        if container.namespace is not None:  # the launcher was KILLed: what it left dies now
-            with contextlib.suppress(ValueError):
-                sandbox.kill_namespace(container.namespace, host=self.agent.host_namespace)
+        container.kill_all(self.agent.host_namespace)  # the launcher was KILLed: what it left dies now
+        container.release()
         info = _read_json(folder / "exit.json") or {}
         if info.get("error"):
             self._terminated(

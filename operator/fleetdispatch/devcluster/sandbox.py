@@ -57,7 +57,9 @@ PR_SET_PDEATHSIG = 1
 CAP_LAST = 63
 START_ERROR = 128
 # Host top-level entries never bound into a container's root: they are the container's own.
-_OWN = {"proc", "run", "root", "lost+found", "old_root"}
+_OWN = {"proc", "run", "root", "dev", "lost+found", "old_root"}
+# The device nodes a container runtime gives a container (bound from the host's), in a /dev of its own.
+_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
@@ -102,6 +104,23 @@ def mount_namespace(pid: int | str) -> str:
     return os.readlink(f"/proc/{pid}/ns/mnt")
 
 
+def hold_namespace(pid: int, namespace: str) -> int | None:
+    """An open descriptor of process ``pid``'s mount namespace, if that is ``namespace``; None if it is gone.
+
+    A namespace's identifier is an inode number, which the kernel gives to a new namespace once the old one
+    is freed: finding processes by the identifier of a namespace that has ended could find (and kill) a
+    later container's. While this descriptor is open the namespace exists, so the identifier stays its own.
+    """
+    try:
+        descriptor = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    if f"mnt:[{os.fstat(descriptor).st_ino}]" != namespace:
+        os.close(descriptor)
+        return None
+    return descriptor
+
+
 def processes_in(namespace: str, *, exclude: set[int] = frozenset()) -> list[int]:  # type: ignore[assignment]
     """Host PIDs whose mount namespace is ``namespace`` (every process of one container)."""
     found = []
@@ -119,7 +138,8 @@ def processes_in(namespace: str, *, exclude: set[int] = frozenset()) -> list[int
 def kill_namespace(namespace: str, *, host: str, exclude: set[int] = frozenset()) -> int:  # type: ignore[assignment]
     """KILL every process in a container's mount namespace, until none is left; how many were signalled.
 
-    Refuses ``host``, the mount namespace the node agent runs in: a container's is never that.
+    Refuses ``host``, the mount namespace the node agent runs in: a container's is never that. The caller
+    must be in ``namespace`` or hold it (:func:`hold_namespace`), so that the identifier is still its own.
     """
     if namespace == host:
         raise ValueError(f"refusing to kill the processes of the host's mount namespace {host}")
@@ -173,6 +193,7 @@ class Root:
         run.mkdir()
         mount("tmpfs", str(run), "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
         self._mounts["/run"] = True
+        self._devices()
         home = self.path / "root"
         home.mkdir(mode=0o755)
         home.chmod(0o755)
@@ -189,6 +210,37 @@ class Root:
                     (home / entry).touch()
                     mount(str(host), str(home / entry), None, MS_BIND)
         (self.path / "proc").mkdir()
+
+    def _devices(self) -> None:
+        """A /dev of the container's own, as runc makes it: a tmpfs with the usual device nodes, a private
+        devpts, /dev/shm and /dev/mqueue, so /dev/termination-log is the container's and the host's is
+        never written."""
+        dev = self.path / "dev"
+        dev.mkdir()
+        mount("tmpfs", str(dev), "tmpfs", MS_NOSUID, "mode=0755,size=65536k")
+        self._mounts["/dev"] = True
+        for name in _DEVICES:
+            if Path(f"/dev/{name}").exists():
+                (dev / name).touch()
+                mount(f"/dev/{name}", str(dev / name), None, MS_BIND)
+        for name, target in (
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+            ("ptmx", "pts/ptmx"),
+        ):
+            (dev / name).symlink_to(target)
+        (dev / "pts").mkdir()
+        mount(
+            "devpts", str(dev / "pts"), "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"
+        )
+        (dev / "shm").mkdir()
+        mount("shm", str(dev / "shm"), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=65536k")
+        (dev / "mqueue").mkdir()
+        # Without a new IPC namespace the kernel may refuse this; a container rarely needs it.
+        with contextlib.suppress(LaunchError):
+            mount("mqueue", str(dev / "mqueue"), "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
     def resolve(self, container_path: str) -> Path:
         """Where a container path is under the new root, following symlinks inside it."""

@@ -389,6 +389,8 @@ async def serve(
         async with DevCluster(port=port, runtime=runtime, data_dir=data_dir) as cluster:
             kubeconfig_path.write_text(cluster.admin_kubeconfig(), encoding="utf-8")
             kubeconfig_path.chmod(0o600)
+            for note in cluster.plane.notes:
+                announce(f"fleetdispatch dev: {note}")
             announce(f"fleetdispatch dev: kube-apiserver at {cluster.url}, node runtime: {runtime}")
             announce(f"export KUBECONFIG={kubeconfig_path.resolve()}")
             with contextlib.ExitStack() as stack:
