@@ -57,15 +57,23 @@ def eventually(check: Callable[[], Any], timeout: float = 20.0, what: str = "") 
 class OperatorProcess:
     """`fleetdispatch operator` in a subprocess; its log is kept for the failure message."""
 
-    def __init__(self, cluster: BackgroundCluster, workdir: Path, *args: str) -> None:
+    def __init__(
+        self,
+        cluster: BackgroundCluster,
+        workdir: Path,
+        *args: str,
+        kubeconfig: Path | None = None,
+        user: str = OPERATOR_USER,
+    ) -> None:
+        """By default as the dev cluster's operator identity; `kubeconfig` and `user` give it another."""
         self.cluster = cluster
-        self.kubeconfig = cluster.dev.operator_kubeconfig
+        self.kubeconfig = kubeconfig or cluster.dev.operator_kubeconfig
         self.log_path = workdir / "operator.log"
         self.args = args
         self.metrics_port = free_port()
         self.health_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
-        self._watches = AuditWatch(cluster.dev.audit_log, OPERATOR_USER)
+        self._watches = AuditWatch(cluster.dev.audit_log, user)
 
     def start(self) -> OperatorProcess:
         self._watches.open_watches()  # what was open before is someone else's (a killed predecessor's)
@@ -116,9 +124,15 @@ class OperatorProcess:
 
 
 @contextlib.contextmanager
-def running_operator(cluster: BackgroundCluster, workdir: Path, *args: str) -> Iterator[OperatorProcess]:
+def running_operator(
+    cluster: BackgroundCluster,
+    workdir: Path,
+    *args: str,
+    kubeconfig: Path | None = None,
+    user: str = OPERATOR_USER,
+) -> Iterator[OperatorProcess]:
     """An operator process for a test module: started, and stopped whatever happens."""
-    process = OperatorProcess(cluster, workdir, *args)
+    process = OperatorProcess(cluster, workdir, *args, kubeconfig=kubeconfig, user=user)
     process.start()
     try:
         yield process

@@ -1,12 +1,14 @@
-"""The Helm chart (charts/fleet-dispatch) and the image (Dockerfile), checked without a cluster or Docker.
+"""The Helm chart (charts/fleet-dispatch) and the image (Dockerfile).
 
 `helm lint --strict` and `helm template` (the helm that `make tools` installs) with each values file in the
 chart's ci/ folder; the rendered built-in kinds against Kubernetes' own schemas (kubernetes-validate,
 strict, at the oldest and the newest supported Kubernetes), our CRDs against crds/, the ServiceMonitor
 against the Service it scrapes. The RBAC is checked twice: as rules (exact verbs, no wildcards, Roles per
-namespace unless all namespaces are watched) and against every request the real operator makes while it
-runs dispatches on the dev cluster. checkov scans the rendered chart and the Dockerfile, hadolint lints the
-Dockerfile, and the build context that .dockerignore lets through builds the package.
+namespace unless all namespaces are watched), and on the dev cluster's real kube-apiserver, which enforces
+it: the operator, as the chart installs it for one namespace and for all, and the supervisor's heartbeat
+run as the chart's ServiceAccounts bound to the rendered roles, and the audit log shows that none of their
+requests is refused. checkov scans the rendered chart and the Dockerfile, hadolint lints the Dockerfile,
+and the build context that .dockerignore lets through builds the package; these need no cluster or Docker.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +31,21 @@ import pytest
 import yaml
 
 import fleetdispatch
-from fleetdispatch import validation
-from fleetdispatch.devcluster.resources import PODS
-from fleetdispatch.devcluster.stack import BackgroundCluster
-from fleetdispatch.heartbeat import Heartbeat, LeaseStatus
+from fleetdispatch import protocol, validation
+from fleetdispatch.api import API_VERSION
+from fleetdispatch.devcluster import controlplane
+from fleetdispatch.devcluster.stack import (
+    OPERATOR_ACCOUNT,
+    OPERATOR_NAMESPACE,
+    OPERATOR_USER,
+    AuditWatch,
+    BackgroundCluster,
+    audit_events,
+)
+from fleetdispatch.heartbeat import ANNOTATION_PREFIX, Heartbeat, LeaseStatus
 from fleetdispatch.settings import DEFAULT_IMAGE, ENV_PREFIX, OperatorSettings
-from operators import Namespace, dispatches, eventually, running, running_operator, terminated
-from test_operator_restarts import _now, _spec
+from kube import ApiError, Kube
+from operators import Namespace, eventually, running, running_operator, terminated
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "fleet-dispatch"
@@ -71,20 +82,6 @@ OPERATOR_RULES = {
     ("", "events"): {"create"},
 }
 SUPERVISOR_RULES = {("coordination.k8s.io", "leases"): {"get", "create", "patch"}}
-# Requests kopf makes and, when they are forbidden, logs a warning for and does without
-# (kopf/_core/reactor/observation.py): listing and watching namespaces (with exact namespace names it
-# falls back to them; globs would need these) and CRDs (only an initial scan; a CRD created later is not
-# noticed until the operator restarts).
-KOPF_TOLERATES_FORBIDDEN = {
-    ("", "namespaces", "list"),
-    ("", "namespaces", "watch"),
-    ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
-    ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
-}
-# Granted to every authenticated user by Kubernetes' system:discovery and system:public-info-viewer.
-DISCOVERY_PATHS = ("/api", "/apis", "/version", "/healthz", "/livez", "/readyz", "/openapi")
-
-
 # --- rendering ---------------------------------------------------------------------------------------------
 
 
@@ -505,195 +502,265 @@ def test_the_network_policy_admits_probes_and_scrapes_and_reaches_only_the_api_s
     ]
 
 
-# --- RBAC against what the operator really asks for ---------------------------------------------------
+# --- RBAC on the real API server ------------------------------------------------------------------------
+# The dev cluster's kube-apiserver enforces RBAC: the operator, and the supervisor's heartbeat, run as the
+# chart's ServiceAccounts bound to exactly the chart's rendered roles, and every request they make is in
+# the audit log with the answer it got. None may be refused (403): least privilege that still suffices.
 
 
-def attributes(method: str, path: str, query: str) -> tuple[str, str, str, str | None] | None:
-    """A request's RBAC attributes (group, resource[/subresource], verb, namespace); None for discovery."""
-    parts = [p for p in path.split("/") if p]
-    if parts[:2] == ["api", "v1"]:
-        group, rest = "", parts[2:]
-    elif parts[:1] == ["apis"] and len(parts) >= 3:
-        group, rest = parts[1], parts[3:]
-    else:
-        return None
-    if not rest:
-        return None
-    namespace = None
-    if rest[0] == "namespaces" and len(rest) >= 3:
-        namespace, rest = rest[1], rest[2:]
-    resource, name, sub = rest[0], rest[1] if len(rest) > 1 else None, rest[2] if len(rest) > 2 else None
-    if resource == "namespaces" and name is not None:
-        namespace = name
-    watch = "watch=true" in query or "watch=1" in query
-    verb = {
-        "GET": "get" if name else "watch" if watch else "list",
-        "POST": "create",
-        "PUT": "update",
-        "PATCH": "patch",
-        "DELETE": "delete" if name else "deletecollection",
-    }[method]
-    return group, f"{resource}/{sub}" if sub else resource, verb, namespace
+def serviceaccount_user(namespace: str, name: str) -> str:
+    return f"system:serviceaccount:{namespace}:{name}"
 
 
-def allowed(
-    request: tuple[str, str, str, str | None],
-    cluster_rules: Mapping[tuple[str, str], set[str]],
-    namespaced_rules: Mapping[str, Mapping[tuple[str, str], set[str]]],
-) -> bool:
-    group, resource, verb, namespace = request
-    if verb in cluster_rules.get((group, resource), set()):
-        return True
-    return namespace is not None and verb in namespaced_rules.get(namespace, {}).get((group, resource), set())
+def identity_docs(docs: list[dict[str, Any]], account: str) -> list[dict[str, Any]]:
+    """The chart's ServiceAccount `account` and the roles and bindings that name it, as rendered."""
+    bound = [
+        b
+        for b in of_kind(docs, "RoleBinding") + of_kind(docs, "ClusterRoleBinding")
+        if any(s["name"] == account for s in b["subjects"])
+    ]
+    roles = {(b["metadata"].get("namespace"), b["roleRef"]["kind"], b["roleRef"]["name"]) for b in bound}
+    return [
+        *(a for a in of_kind(docs, "ServiceAccount") if a["metadata"]["name"] == account),
+        *(
+            r
+            for r in of_kind(docs, "Role") + of_kind(docs, "ClusterRole")
+            if (r["metadata"].get("namespace"), r["kind"], r["metadata"]["name"]) in roles
+        ),
+        *bound,
+    ]
 
 
-def grants(docs: list[dict[str, Any]], account: str) -> tuple[dict[Any, set[str]], dict[str, Any]]:
-    """What the chart's bindings give `account`: cluster-wide rules, and rules per namespace."""
-    roles = {(r["metadata"].get("namespace"), r["metadata"]["name"]): r for r in of_kind(docs, "Role")}
-    cluster_roles = {r["metadata"]["name"]: r for r in of_kind(docs, "ClusterRole")}
-    cluster: dict[Any, set[str]] = {}
-    namespaced: dict[str, dict[Any, set[str]]] = {}
-    for binding in of_kind(docs, "ClusterRoleBinding") + of_kind(docs, "RoleBinding"):
-        if not any(s["name"] == account for s in binding["subjects"]):
-            continue
-        namespace = binding["metadata"].get("namespace")
-        ref = binding["roleRef"]
-        role = cluster_roles[ref["name"]] if ref["kind"] == "ClusterRole" else roles[(namespace, ref["name"])]
-        target = cluster if namespace is None else namespaced.setdefault(namespace, {})
-        for key, verbs in rules_of(role).items():
-            target.setdefault(key, set()).update(verbs)
-    return cluster, namespaced
+def install_identity(cluster: BackgroundCluster, docs: list[dict[str, Any]]) -> None:
+    """What `helm install` creates of the identity, applied as the cluster's admin."""
+    cluster.dev.plane.apply(docs)
 
 
-def forbidden_requests(
-    records: Iterable[Any], docs: list[dict[str, Any]], account: str, sent_by: Callable[[str], bool]
-) -> tuple[set[tuple[str, str, str]], set[tuple[str, str, str]]]:
-    """(forbidden, allowed) as (group, resource, verb) of the requests `sent_by` picks by user agent."""
-    cluster, namespaced = grants(docs, account)
-    forbidden, granted = set(), set()
-    for record in records:
-        if not sent_by(record.user_agent):
-            continue
-        request = attributes(record.method, record.path, record.query)
-        if request is None:
-            assert record.path.startswith(DISCOVERY_PATHS), record.path
-            continue
-        (forbidden if not allowed(request, cluster, namespaced) else granted).add(request[:3])
-    return forbidden, granted
+def token_for(cluster: BackgroundCluster, namespace: str, account: str) -> str:
+    """A token of a ServiceAccount, from the TokenRequest API (what the kubelet projects into a pod)."""
+    status, body = cluster.dev.plane.request(
+        "POST",
+        f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token",
+        {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 3600},
+        },
+    )
+    assert status == 201, body
+    return str(body["status"]["token"])
+
+
+def audit_offset(cluster: BackgroundCluster) -> int:
+    return audit_events(cluster.dev.audit_log)[1]
+
+
+def requests_of(cluster: BackgroundCluster, user: str, offset: int) -> list[dict[str, Any]]:
+    """The completed requests of `user` since `offset`, from the API server's audit log."""
+    events, _ = audit_events(cluster.dev.audit_log, offset)
+    return [
+        e
+        for e in events
+        if e.get("stage") == "ResponseComplete" and (e.get("user") or {}).get("username") == user
+    ]
+
+
+def refused(requests: Iterable[Mapping[str, Any]]) -> list[str]:
+    return [
+        f"{r['verb']} {r['requestURI']}: {r['responseStatus'].get('message', '')}"
+        for r in requests
+        if r["responseStatus"]["code"] == 403
+    ]
+
+
+def used_rules(requests: Iterable[Mapping[str, Any]]) -> set[tuple[str, str, str]]:
+    """(group, resource[/subresource], verb) of the resource requests (discovery has no objectRef)."""
+    used = set()
+    for request in requests:
+        ref = request.get("objectRef")
+        if ref:
+            resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+            used.add((ref.get("apiGroup", ""), resource, request["verb"]))
+    return used
+
+
+# The grants only a conflict needs (a status write that conflicts re-reads the dispatch, a create that
+# conflicts reads the pod), and the one only a cluster with the OwnerReferencesPermissionEnforcement
+# admission plugin checks (the dev cluster runs the default plugins, which do not include it).
+RULES_NOT_EXERCISED = {
+    ("fleet.dispatch.dev", "fleetdispatches", "get"),
+    ("", "pods", "get"),
+    ("fleet.dispatch.dev", "fleetdispatches/finalizers", "update"),
+}
+
+
+def _now(offset: float = 0) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=offset)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _spec(**overrides: Any) -> dict[str, Any]:
+    container = {"name": "session", "image": "busybox", "command": ["true"]}
+    backoff = {"baseSeconds": 1, "maxSeconds": 1, "jitterPercent": 0}
+    return {"template": {"spec": {"containers": [container]}}, "retry": {"backoff": backoff}, **overrides}
 
 
 def drive_dispatches(ns: Namespace) -> None:
-    """Dispatches through the operator's every kind of write: pods, status, Events, a pool, a deletion."""
-    pools = ns.cluster.call(lambda c: c.store.kind("fleet.dispatch.dev", "v1alpha1", "quotapools"))
-    body = {"apiVersion": "fleet.dispatch.dev/v1alpha1", "kind": "QuotaPool", "metadata": {"name": "pool"}}
-    ns.cluster.call(lambda c: c.store.create(pools, ns.name, {**body, "spec": {}}))
+    """Dispatches through the operator's every kind of request: pods created and deleted, statuses of
+    dispatches and of a pool, Events; one runs to Succeeded. The test plays the kubelet (runtime none)."""
+    pools = f"/apis/{API_VERSION}/namespaces/{ns.name}/quotapools"
+    ns.kube.create(pools, {"apiVersion": API_VERSION, "kind": "QuotaPool", "metadata": {"name": "pool"}})
+    ns.create("done", _spec())
     ns.create("pooled", _spec(quotaPool="pool"))
     ns.create("held", _spec())
-    eventually(lambda: {"pooled-1", "held-1"} <= {p["metadata"]["name"] for p in ns.pods()}, 15, "pods")
+    attempts = {"done-1", "pooled-1", "held-1"}
+    eventually(lambda: attempts <= {p["metadata"]["name"] for p in ns.pods()}, 30, "the three pods")
     started = _now()
-    ns.pod_status("pooled-1", running(started))
-    ns.pod_status("held-1", running(started))
+    for pod in sorted(attempts):
+        ns.pod_status(pod, running(started))
     ns.wait_phase("held", "Running")
+    ns.pod_status("done-1", terminated(started, 0, reason="Completed"))
+    ns.wait_phase("done", "Succeeded")
     outcome = {"reason": "QuotaExhausted", "resetAt": _now(3600)}
     ns.pod_status("pooled-1", terminated(started, 75, json.dumps(outcome)))
     ns.wait_phase("pooled", "Requeued")
     ns.patch_spec("held", {"suspend": True})
     ns.wait_phase("held", "Suspended")
-
-    def pool_recorded() -> bool:
-        status = ns.cluster.call(lambda c: c.store.get(pools, ns.name, "pool")).get("status") or {}
-        return bool(status.get("exhaustedUntil"))
-
-    eventually(pool_recorded, 10, "the pool's status written")
+    pool = f"{pools}/pool"
+    eventually(lambda: (ns.kube.get(pool).get("status") or {}).get("exhaustedUntil"), 15, "the pool's status")
+    eventually(lambda: "Succeeded" in [reason for reason, _ in ns.events()], 10, "the Events")
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[BackgroundCluster]:
-    with BackgroundCluster(runtime="none", bookmark_seconds=0.5) as running_cluster:
-        yield running_cluster
-
-
-def served_requests(cluster: BackgroundCluster) -> list[Any]:
-    return list(cluster.call(lambda c: list(c.server.requests)))
-
-
-def requests_after_the_watches_closed(cluster: BackgroundCluster) -> list[Any]:
-    """The request log once the stopped operator's watches have ended: a watch is logged when it ends."""
-    eventually(
-        lambda: cluster.call(lambda c: not c.store.watching(dispatches(c)) and not c.store.watching(PODS)),
-        10,
-        "the stopped operator's watches closed",
-    )
-    return served_requests(cluster)
-
-
-def everyone(user_agent: str) -> bool:
-    """Every request: only the process under test talks to its dev cluster over HTTP (tests use the store)."""
-    return True
+def run_and_audit(
+    cluster: BackgroundCluster, ns: Namespace, workdir: Path, args: list[str], *, kubeconfig: Path, user: str
+) -> list[dict[str, Any]]:
+    """The operator as `user` drives dispatches in `ns`; its requests once its watches have ended."""
+    offset = audit_offset(cluster)
+    watches = AuditWatch(cluster.dev.audit_log, user)
+    watches.open_watches()
+    with running_operator(cluster, workdir, *args, kubeconfig=kubeconfig, user=user):
+        drive_dispatches(ns)
+    # A watch is audited when it ends: the stopped operator's watches have ended when the log says so.
+    eventually(lambda: not watches.open_watches(), 30, "the stopped operator's watches ended")
+    return requests_of(cluster, user, offset)
 
 
 @needs_helm
-def test_the_namespaced_rbac_allows_every_request_the_operator_makes(
+def test_the_operator_watching_one_namespace_is_never_refused(
     cluster: BackgroundCluster, tmp_path: Path
 ) -> None:
-    cluster.call(lambda c: c.server.requests.clear())
-    ns = Namespace(cluster, "rbac-team")
-    docs = render(None, "watch.namespaces={rbac-team}", "heartbeat.enabled=true")
-    with running_operator(cluster, tmp_path, *operator_container(docs)["args"][1:]):
-        drive_dispatches(ns)
-    records = requests_after_the_watches_closed(cluster)
-    forbidden, granted = forbidden_requests(records, docs, FULLNAME, everyone)
-    assert forbidden <= KOPF_TOLERATES_FORBIDDEN, forbidden - KOPF_TOLERATES_FORBIDDEN
-    # Each rule was used, apart from what only a conflict needs (a re-read) and the ownerReference check.
-    assert {(g, r, v) for (g, r), verbs in OPERATOR_RULES.items() for v in verbs} - granted <= {
-        ("fleet.dispatch.dev", "fleetdispatches", "get"),
-        ("", "pods", "get"),
-        ("fleet.dispatch.dev", "fleetdispatches/finalizers", "update"),
+    ns = Namespace(cluster, "chart-rbac-team", runtime="none")
+    docs = render(None, f"watch.namespaces={{{ns.name}}}")
+    identity = identity_docs(docs, FULLNAME)
+    assert sorted(d["kind"] for d in identity) == ["Role", "RoleBinding", "ServiceAccount"]
+    assert {d["metadata"]["namespace"] for d in identity if d["kind"] != "ServiceAccount"} == {ns.name}
+    install_identity(cluster, identity)
+    user = serviceaccount_user(RELEASE_NAMESPACE, FULLNAME)
+    kubeconfig = tmp_path / "operator.kubeconfig"
+    token = token_for(cluster, RELEASE_NAMESPACE, FULLNAME)
+    kubeconfig.write_text(controlplane.kubeconfig(cluster.url, cluster.dev.plane.ca, user, token=token))
+    args = operator_container(docs)["args"][1:]
+    assert args == ["-n", ns.name]
+    requests = run_and_audit(cluster, ns, tmp_path, args, kubeconfig=kubeconfig, user=user)
+    assert refused(requests) == []
+    # Everything it asked for was in its namespace: the Role there is all it has, and all it needs.
+    elsewhere = {
+        r["requestURI"] for r in requests if r.get("objectRef") and r["objectRef"].get("namespace") != ns.name
     }
+    assert elsewhere == set()
+    used = used_rules(requests)
+    granted = {(g, r, v) for (g, r), verbs in OPERATOR_RULES.items() for v in verbs}
+    assert used <= granted
+    assert granted - used <= RULES_NOT_EXERCISED, granted - used
 
 
 @needs_helm
-def test_the_supervisor_rbac_allows_every_heartbeat_request(tmp_path: Path) -> None:
-    docs = render(None, "watch.namespaces={team}", "heartbeat.enabled=true")
+def test_the_operator_watching_all_namespaces_is_never_refused(
+    cluster: BackgroundCluster, tmp_path: Path
+) -> None:
+    # The dev cluster's operator identity is the chart's, rendered with watch.allNamespaces: the same
+    # ClusterRole as all-namespaces-values.yaml renders, bound cluster-wide to its ServiceAccount.
+    docs = render("all-namespaces-values.yaml")
+    [rendered] = of_kind(docs, "ClusterRole")
+    bindings = Kube(cluster.dev).items("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings")
+    [binding] = [
+        b
+        for b in bindings
+        if {"kind": "ServiceAccount", "name": OPERATOR_ACCOUNT, "namespace": OPERATOR_NAMESPACE}
+        in (b.get("subjects") or [])
+    ]
+    role = Kube(cluster.dev).get(
+        f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{binding['roleRef']['name']}"
+    )
+    assert rules_of(role) == rules_of(rendered) == OPERATOR_RULES
+    assert not [
+        b
+        for b in Kube(cluster.dev).items("/apis/rbac.authorization.k8s.io/v1/rolebindings")
+        if any(s.get("name") == OPERATOR_ACCOUNT for s in b.get("subjects") or [])
+    ]
+    ns = Namespace(cluster, "chart-rbac-anywhere", runtime="none")
+    args = operator_container(docs)["args"][1:]
+    assert args == ["--verbose"]
+    requests = run_and_audit(
+        cluster, ns, tmp_path, args, kubeconfig=cluster.dev.operator_kubeconfig, user=OPERATOR_USER
+    )
+    assert refused(requests) == []
+    used = used_rules(requests)
+    granted = {(g, r, v) for (g, r), verbs in OPERATOR_RULES.items() for v in verbs}
+    assert used <= granted
+    assert granted - used <= RULES_NOT_EXERCISED, granted - used
+
+
+@needs_helm
+def test_the_supervisor_heartbeat_under_the_charts_role_is_never_refused(
+    cluster: BackgroundCluster, tmp_path: Path
+) -> None:
+    ns = Namespace(cluster, "chart-rbac-heartbeat", runtime="none")
+    docs = render(None, f"watch.namespaces={{{ns.name}}}", "heartbeat.enabled=true")
     account = env_of(docs)[f"{ENV_PREFIX}HEARTBEAT_SERVICE_ACCOUNT"]
+    identity = identity_docs(docs, account)
+    assert sorted(d["kind"] for d in identity) == ["Role", "RoleBinding", "ServiceAccount"]
+    assert {d["metadata"]["namespace"] for d in identity} == {ns.name}
+    install_identity(cluster, identity)
+    # The supervisor of a pod in that namespace, with a token of the supervisor's account where the
+    # kubelet projects it (the namespace beside it).
     token = tmp_path / "token"
-    token.write_text("token\n")
-    (tmp_path / "namespace").write_text("team")
-    with BackgroundCluster(runtime="none", crds=[]) as cluster:
-        # The supervisor of a pod in that namespace, with the projected token of the supervisor's account.
-        beat = Heartbeat.from_config(
-            pod_name="job-1",
-            namespace=None,
-            server=cluster.url,
-            token_file=str(token),
-            ca_file=None,
-            interval=0.1,
-            log=lambda event, **fields: None,
-        )
-        assert beat is not None
+    token.write_text(token_for(cluster, ns.name, account) + "\n")
+    (tmp_path / "namespace").write_text(ns.name)
+    logged: list[tuple[str, dict[str, Any]]] = []
+    offset = audit_offset(cluster)
+    beat = Heartbeat.from_config(
+        pod_name="job-1",
+        namespace=None,
+        server=cluster.url,
+        token_file=str(token),
+        ca_file=str(cluster.dev.plane.ca),
+        interval=0.1,
+        log=lambda event, **fields: logged.append((event, fields)),
+    )
+    assert beat is not None
+    lease = f"/apis/coordination.k8s.io/v1/namespaces/{ns.name}/leases/job-1"
+
+    def renewed_with(deadline: float) -> bool:
+        try:
+            annotations = Kube(cluster.dev).get(lease)["metadata"]["annotations"]
+        except ApiError:
+            return False
+        return bool(annotations.get(f"{ANNOTATION_PREFIX}deadline") == protocol.rfc3339(deadline))
+
+    try:
         beat.start()
         for second in range(3):
             beat.update(LeaseStatus(deadline=1_800_000_000 + second))
             time.sleep(0.25)
-        records = served_requests(cluster)
-    forbidden, granted = forbidden_requests(records, docs, account, everyone)
-    assert forbidden == set()
-    assert granted == {("coordination.k8s.io", "leases", v) for v in ("get", "create", "patch")}
-
-
-@needs_helm
-def test_the_cluster_role_allows_every_request_the_operator_makes(
-    cluster: BackgroundCluster, tmp_path: Path
-) -> None:
-    cluster.call(lambda c: c.server.requests.clear())
-    ns = Namespace(cluster, "rbac-anywhere")
-    docs = render("all-namespaces-values.yaml")
-    assert operator_container(docs)["args"] == ["operator", "--verbose"]
-    with running_operator(cluster, tmp_path):
-        drive_dispatches(ns)
-    records = requests_after_the_watches_closed(cluster)
-    forbidden, _ = forbidden_requests(records, docs, FULLNAME, everyone)
-    assert forbidden <= KOPF_TOLERATES_FORBIDDEN, forbidden - KOPF_TOLERATES_FORBIDDEN
+        eventually(lambda: renewed_with(1_800_000_002), 10, "the Lease renewed with the last deadline")
+        reported = list(logged)
+    finally:
+        # The heartbeat thread cannot be stopped: without its token it sends nothing more.
+        token.unlink()
+    assert [event for event, _ in reported] == ["heartbeat"], reported  # "heartbeat-error" on a refusal
+    requests = requests_of(cluster, serviceaccount_user(ns.name, account), offset)
+    assert refused(requests) == []
+    assert used_rules(requests) == {("coordination.k8s.io", "leases", v) for v in ("get", "create", "patch")}
 
 
 # --- checkov, the image ----------------------------------------------------------------------------------

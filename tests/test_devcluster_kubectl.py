@@ -1,19 +1,25 @@
-"""The dev cluster as kubectl sees it: the kubectl installed from PyPI by `make tools`, over real HTTP."""
+"""The dev cluster as kubectl sees it: the kubectl installed by `make tools`, against the real API server.
+
+No operator runs in this module: the dispatches are only stored (and their status written by the test, as
+the operator would), which is what kubectl's table, validation, wait and dry-run paths are about.
+"""
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fleetdispatch.devcluster.stack import BackgroundCluster
 from kubectl import Kubectl, needs_kubectl
+from operators import Namespace
 
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = needs_kubectl
+_names = itertools.count()
 
 RUNNING_POD = """
 apiVersion: v1
@@ -21,6 +27,7 @@ kind: Pod
 metadata: {name: %(name)s}
 spec:
   restartPolicy: Never
+  terminationGracePeriodSeconds: 5
   containers:
     - name: main
       image: busybox
@@ -28,17 +35,15 @@ spec:
 """
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[BackgroundCluster]:
-    with BackgroundCluster(crds=[], bookmark_seconds=0.5) as running:
-        yield running
+@pytest.fixture
+def namespace(cluster: BackgroundCluster) -> Namespace:
+    # Its pods run as root (Pod Security `privileged`); the dispatches are never run here.
+    return Namespace(cluster, f"kubectl-{next(_names)}", pod_security="privileged")
 
 
 @pytest.fixture
-def kubectl(cluster: BackgroundCluster, tmp_path: Path) -> Kubectl:
-    tool = Kubectl(cluster.write_kubeconfig(tmp_path / "kubeconfig"))
-    tool.run("apply", "-f", str(ROOT / "crds"))  # the CRDs registered by POSTing the files (or unchanged)
-    return tool
+def kubectl(cluster: BackgroundCluster, namespace: Namespace, tmp_path: Path) -> Kubectl:
+    return Kubectl(cluster.write_kubeconfig(tmp_path / "kubeconfig", namespace.name))
 
 
 def test_apply_get_and_reapply(kubectl: Kubectl) -> None:
@@ -78,7 +83,7 @@ def test_an_invalid_manifest_is_refused_with_the_servers_message(kubectl: Kubect
     )
 
 
-def test_wait_for_a_condition_set_later_and_watch_the_change(kubectl: Kubectl) -> None:
+def test_wait_for_a_condition_set_later_and_watch_the_change(kubectl: Kubectl, namespace: Namespace) -> None:
     kubectl.run("apply", "-f", str(ROOT / "examples" / "minimal.yaml"))
     waiting = kubectl.start("wait", "--for=condition=Ready", "fd/hello", "--timeout=20s")
     watching = kubectl.start("get", "fd", "hello", "-w", "--request-timeout=4s")
@@ -94,7 +99,7 @@ def test_wait_for_a_condition_set_later_and_watch_the_change(kubectl: Kubectl) -
     seen, _ = watching.communicate(timeout=30)
     assert "Succeeded" in seen.splitlines()[-1]
     kubectl.run("delete", "fd", "hello")
-    assert kubectl.run("get", "fd").stderr.strip() == "No resources found in default namespace."
+    assert kubectl.run("get", "fd").stderr.strip() == f"No resources found in {namespace.name} namespace."
 
 
 def test_a_pod_runs_and_its_logs_and_exit_code_show(kubectl: Kubectl) -> None:
@@ -117,12 +122,14 @@ def test_deleting_a_running_pod_stops_it(kubectl: Kubectl) -> None:
     assert kubectl.run("get", "pod", "sleeper", check=False).returncode != 0
 
 
-def test_namespaces_from_manifests(kubectl: Kubectl) -> None:
-    kubectl.run("apply", "-f", "-", stdin="apiVersion: v1\nkind: Namespace\nmetadata: {name: team-a}\n")
-    kubectl.run("apply", "-n", "team-a", "-f", str(ROOT / "examples" / "minimal.yaml"))
-    assert "hello" in kubectl.run("get", "fd", "-A").stdout
-    kubectl.run("delete", "namespace", "team-a")
-    assert "team-a" not in kubectl.run("get", "namespaces").stdout
+def test_namespaces_from_manifests(kubectl: Kubectl, namespace: Namespace) -> None:
+    team = f"{namespace.name}-team"
+    kubectl.run("apply", "-f", "-", stdin=f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {team}}}\n")
+    kubectl.run("apply", "-n", team, "-f", str(ROOT / "examples" / "minimal.yaml"))
+    listed = [line.split()[:2] for line in kubectl.run("get", "fd", "-A").stdout.splitlines()]
+    assert [team, "hello"] in listed
+    kubectl.run("delete", "namespace", team, "--timeout=60s")  # the namespace controller empties it first
+    assert team not in kubectl.run("get", "namespaces").stdout
 
 
 def test_a_server_dry_run_answers_without_storing(kubectl: Kubectl, tmp_path: Path) -> None:

@@ -1,12 +1,15 @@
-"""Every manifest in examples/ is admitted by the CRD (schema and CEL) and read by the models.
+"""Every manifest in examples/ is admitted by the CRD (schema and CEL) and read by the models, and the
+README's walkthrough of examples/local runs on the dev cluster as the README says.
 
 The schema check runs twice: once with an independent JSON-schema validator over the CRD's openAPIV3Schema,
-once through `admission` (which also applies defaults and CEL rules as the API server would).
+once through `admission` (which also applies defaults and CEL rules as the API server would). The walkthrough
+applies examples/local with kubectl, as the cluster's admin, for the real operator and the node agent to run.
 """
 
 from __future__ import annotations
 
 import io
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,9 @@ import pytest
 import yaml
 
 from fleetdispatch import api, cli, validation
+from fleetdispatch.devcluster.stack import BackgroundCluster
+from kubectl import Kubectl, needs_kubectl
+from operators import Namespace, OperatorProcess, eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").rglob("*.yaml"))
@@ -81,7 +87,7 @@ def test_validate_reads_standard_input_and_reports_what_the_api_server_would(
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "-: FleetDispatch 'hello' is valid"
     assert out[1] == (
-        '-: The FleetDispatch "broken" is invalid: spec.template.spec.containers: Invalid value: "array": '
+        '-: The FleetDispatch "broken" is invalid: spec.template.spec.containers: Invalid value: '
         "the container name 'fleet-supervisor' is reserved for the injected supervisor sidecar"
     )
     assert out[-1] == "2 fleet.dispatch.dev manifests checked, 1 invalid"
@@ -107,3 +113,68 @@ def test_a_manifest_of_the_wrong_shape_is_refused_not_a_crash() -> None:
     ):
         verdict = validation.check(broken)
         assert not verdict.valid and verdict.api_errors and verdict.model_error
+
+
+# --- the README's walkthrough, for real ------------------------------------------------------------------
+
+
+def _time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+@needs_kubectl
+def test_the_local_examples_run_as_the_readme_says(
+    cluster: BackgroundCluster, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    # A namespace that, like `default` where the README applies them, enforces no Pod Security: the plain
+    # pod runs as root.
+    ns = Namespace(cluster, "examples-local", pod_security="privileged")
+    kubectl = Kubectl(cluster.write_kubeconfig(tmp_path / "kubeconfig", namespace=ns.name))
+    applied = kubectl.run("apply", "-f", str(ROOT / "examples" / "local")).stdout
+    assert sorted(applied.split()) == sorted(
+        [
+            "fleetdispatch.fleet.dispatch.dev/busy",
+            "fleetdispatch.fleet.dispatch.dev/quota",
+            "fleetdispatch.fleet.dispatch.dev/silent",
+            "pod/hello-pod",
+            *["created"] * 4,
+        ]
+    )
+
+    # hello-pod: main reads what the sidecar wrote; the sidecar ends on TERM, not after the 30 s grace.
+    def hello_done() -> dict[str, Any] | None:
+        status = ns.pod("hello-pod")["status"]
+        return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+    hello = eventually(hello_done, 30, "hello-pod ended")
+    assert hello["phase"] == "Succeeded", hello
+    assert ns.logs("hello-pod", "main") == "hello from a local pod\nwritten by the sidecar\n"
+    main = hello["containerStatuses"][0]["state"]["terminated"]
+    sidecar = hello["initContainerStatuses"][0]["state"]["terminated"]
+    assert (main["exitCode"], sidecar["exitCode"]) == (0, 0), hello
+    assert (_time(sidecar["finishedAt"]) - _time(main["finishedAt"])).total_seconds() <= 5, hello
+
+    # quota: Requeued until the reset, then resumed with its token, and Succeeded.
+    quota = ns.wait_phase("quota", "Succeeded", 60)
+    assert [a["outcome"] for a in quota["attempts"]] == ["QuotaExhausted", "Completed"], quota
+    logs = kubectl.run("logs", "quota-2", "-c", "session").stdout
+    assert logs == "attempt 2 resumes session session-42 after the quota reset\n"
+
+    # silent: stopped for idle output, resumed once, then Failed.
+    silent = ns.wait_phase("silent", "Failed", 60)
+    assert [a["outcome"] for a in silent["attempts"]] == ["IdleTimeout", "IdleTimeout"], silent
+    assert silent["reason"] == "ResumeLimitExceeded"
+    described = kubectl.run("describe", "fd", "silent").stdout
+    assert "ResumeLimitExceeded" in described and "Events:" in described
+
+    # busy: outlives its 10 s budget, extended by the supervisor, and completes on its own.
+    kubectl.run("wait", "--for=condition=Ready", "fd/busy", "--timeout=60s")
+    busy = ns.status("busy")
+    assert busy["phase"] == "Succeeded" and [a["outcome"] for a in busy["attempts"]] == ["Completed"], busy
+    started = _time(busy["attempts"][0]["startTime"])
+    deadline = _time(busy["deadline"])
+    assert 10 < (deadline - started).total_seconds() <= 10 + 30, busy
+    output = ns.logs("busy-1", "session").splitlines()
+    assert output[0] == "working for 25 s on a 10 s budget"
+    assert output[1].startswith("done; the live deadline was "), output
+    assert int(output[1].rpartition(" ")[2]) > started.timestamp() + 10, output

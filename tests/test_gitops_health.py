@@ -2,8 +2,9 @@
 
 Argo CD: the chart's health check (`charts/fleet-dispatch/health/fleetdispatch.lua`) runs in a Lua 5.1
 interpreter (lupa, as Argo CD runs gopher-lua) with only the base library, over sample objects and over
-objects the real operator wrote on a dev cluster without a pod runtime, where the test plays the kubelet
-(as in test_operator_restarts.py) so that every phase is reached on demand.
+objects the real operator wrote through the dev cluster's kube-apiserver, whose pods the node agent leaves
+alone (runtime `none`): the test writes their status as a kubelet would, so that every phase is reached on
+demand.
 
 Flux and Helm: `kstatus.compute` (tests/kstatus.py, the rules of sigs.k8s.io/cli-utils kstatus) over the
 same objects. kstatus has no Suspended: a suspended dispatch reads InProgress (its Ready condition is False),
@@ -14,7 +15,6 @@ not done its work, and it has not failed) and is kept; Argo CD shows Suspended i
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,6 @@ import pytest
 from lupa import lua51
 
 import kstatus
-from fleetdispatch.devcluster.stack import BackgroundCluster
 from operators import Namespace, OperatorProcess, eventually, running, terminated
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,9 +174,8 @@ def test_what_a_wait_on_a_campaign_does() -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[BackgroundCluster]:
-    with BackgroundCluster(runtime="none", bookmark_seconds=0.5) as running_cluster:
-        yield running_cluster
+def runtime() -> str:
+    return "none"
 
 
 def _now(offset: float = 0) -> str:

@@ -12,8 +12,6 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-import pytest
-
 from fleetdispatch.devcluster.stack import BackgroundCluster
 from kubectl import Kubectl, needs_kubectl
 from operators import Namespace, eventually

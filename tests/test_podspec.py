@@ -1,8 +1,9 @@
 """The pod builder over template variations, a restricted Pod Security check, and one pod run for real.
 
-Every test but the last is pure: a template in, a pod dict out. The last creates a built pod in the local
-dev cluster, where the supervisor and the session run as processes, and sees the session read its
-protocol environment and the supervisor's deadline file.
+Every test but the last is pure: a template in, a pod dict out. The last creates a built pod in the dev
+cluster (the real kube-apiserver admits it under Pod Security `restricted`; the node agent runs the
+supervisor and the session as processes) and sees the session read its protocol environment and the
+supervisor's deadline file.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import copy
 import json
 import re
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,11 +19,10 @@ import pytest
 from fleetdispatch import api, podspec, protocol
 from fleetdispatch.api import FleetDispatchSpec, InvalidSpec
 from fleetdispatch.deadline import SupervisorConfig
-from fleetdispatch.devcluster.resources import PODS
-from fleetdispatch.devcluster.stack import BackgroundCluster, DevCluster
+from fleetdispatch.devcluster.stack import BackgroundCluster
 from fleetdispatch.podspec import AttemptRequest, DispatchRef
 from fleetdispatch.settings import OperatorSettings
-from operators import eventually
+from operators import Namespace, eventually
 
 NOW = 1_700_000_000.75
 SETTINGS = OperatorSettings()
@@ -785,34 +784,27 @@ WAIT_FOR_DEADLINE = (
 
 
 def test_a_built_pod_runs_in_the_dev_cluster_and_the_session_sees_its_protocol(
-    dev_cluster: BackgroundCluster,
+    cluster: BackgroundCluster,
 ) -> None:
+    # No operator in this module: the test creates the attempt's pod itself, as the operator would.
+    ns = Namespace(cluster, "podspec-live")
     command = [
         "sh",
         "-c",
         'echo "$FLEET_DISPATCH $FLEET_ATTEMPT $FLEET_RESUME $FLEET_RESUME_TOKEN"; '
         f'{WAIT_FOR_DEADLINE}; cat "$FLEET_STATE_DIR/deadline"',
     ]
-    body = {
-        "apiVersion": api.API_VERSION,
-        "kind": "FleetDispatch",
-        "metadata": {"name": "podspec-live", "namespace": "default"},
-        "spec": {
+    dispatch = ns.create(
+        "podspec-live",
+        {
             "template": {"spec": {"containers": [{"name": "agent", "image": "busybox", "command": command}]}},
             "timeouts": {"deadlineSeconds": 30, "idleOutputSeconds": 0, "killGraceSeconds": 1},
             "activity": {"pollSeconds": 1},
         },
-    }
-
-    def create_dispatch(cluster: DevCluster) -> dict[str, Any]:
-        kind = cluster.store.kind(api.GROUP, api.VERSION, "fleetdispatches")
-        assert kind is not None
-        created: dict[str, Any] = cluster.store.create(kind, "default", body).obj
-        return created
-
-    dispatch = dev_cluster.call(create_dispatch)
+    )
     metadata = dispatch["metadata"]
     ref = DispatchRef(metadata["name"], metadata["namespace"], metadata["uid"])
+    # `$(FLEET_ATTEMPT)` would be expanded by the kubelet if the builder did not escape it.
     token = "sess-$(FLEET_ATTEMPT)-$$"
     now = time.time()
     pod = podspec.build_pod(
@@ -823,23 +815,16 @@ def test_a_built_pod_runs_in_the_dev_cluster_and_the_session_sees_its_protocol(
         now,
         SETTINGS,
     )
-    dev_cluster.call(lambda c: c.store.create(PODS, "default", pod))
+    # The namespace enforces Pod Security `restricted`: the API server admits the built pod.
+    ns.kube.create(f"/api/v1/namespaces/{ns.name}/pods", pod)
 
     def finished() -> dict[str, Any] | None:
-        current: dict[str, Any] = dev_cluster.call(lambda c: c.store.get(PODS, "default", "podspec-live-2"))
+        current = ns.pod("podspec-live-2")
         return current if current["status"].get("phase") in ("Succeeded", "Failed") else None
 
-    final = eventually(finished)
-
-    def session_log(cluster: DevCluster) -> Path | None:
-        assert cluster.runtime is not None
-        path: Path | None = cluster.runtime.log_path("default", "podspec-live-2", "agent")
-        return path
-
-    log_path = dev_cluster.call(session_log)
-    assert log_path is not None
-    lines = log_path.read_text().splitlines()
+    final = eventually(finished, 60, "podspec-live-2 ended")
+    lines = ns.logs("podspec-live-2", "agent").splitlines()
     assert final["status"]["phase"] == "Succeeded", (final["status"], lines)
-    assert lines[0] == f"default/podspec-live 2 1 {token}"
+    assert lines[0] == f"{ns.name}/podspec-live 2 1 {token}"
     assert re.fullmatch(r"[0-9]+", lines[1]), lines
     assert int(now) <= int(lines[1]) <= int(now) + 30 + 5
