@@ -32,8 +32,8 @@
 
 Not done: pulling images, resource limits, probes (a running container is ready at once), container
 restarts (``restartPolicy`` other than ``Never`` for main containers is treated as ``Never``), pod
-networking (pods share the host's loopback; the README says so), token rotation (a projected token is
-issued once, for its ``expirationSeconds``).
+networking (pods share the host's loopback; the README says so). Projected tokens are renewed at 80 % of
+their lifetime (or after a day), as the kubelet renews them.
 """
 
 from __future__ import annotations
@@ -805,6 +805,9 @@ class _Pod:
         self._status: Object | None = None
         self._dirty = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        # Projected service account tokens (file, audience, lifetime), renewed by `_rotation`.
+        self._tokens: list[tuple[Path, str | None, int]] = []
+        self._rotation: asyncio.Task[None] | None = None
 
     @property
     def sidecars(self) -> list[_Container]:
@@ -921,7 +924,7 @@ class _Pod:
     async def remove(self) -> None:
         """The pod is gone: KILL what is left at once and remove its folder."""
         self.silent = True
-        tasks = [t for t in (self._deletion, self._lifecycle, self._writer) if t is not None]
+        tasks = [t for t in (self._deletion, self._lifecycle, self._writer, self._rotation) if t is not None]
         for task in tasks:
             task.cancel()
         self._kill(self.containers.values())
@@ -1181,6 +1184,7 @@ class _Pod:
                     (await self.agent.token(self.pod, token.get("audience"), seconds)).encode(),
                     0o600,
                 )
+                self._tokens.append((local / token["path"], token.get("audience"), seconds))
             elif "configMap" in source or "secret" in source:
                 is_secret = "secret" in source
                 ref = source["secret" if is_secret else "configMap"]
@@ -1210,9 +1214,38 @@ class _Pod:
                     files[item["path"]] = (value.encode(), item.get("mode"))
         mode = 0o644 if default_mode is None else int(default_mode)
         _write_files(local, files, mode, owner=self._token_owner())
+        if self._tokens and self._rotation is None:
+            self._rotation = self.agent.spawn(self._rotate_tokens(), f"tokens {self.key}")
         for path, (_, file_mode) in files.items():
             if file_mode == 0o600 and default_mode is not None:
                 (local / path).chmod(int(default_mode))
+
+    async def _rotate_tokens(self) -> None:
+        """Renew each projected token at 80 % of its lifetime or after a day, as the kubelet does, replacing
+        the file atomically (a session reading it never sees it missing or half written)."""
+        loop = asyncio.get_running_loop()
+
+        def renew_after(seconds: int) -> float:
+            return min(0.8 * seconds, 86400.0)
+
+        due = {path: loop.time() + renew_after(seconds) for path, _, seconds in self._tokens}
+        while True:
+            path, audience, seconds = min(self._tokens, key=lambda t: due[t[0]])
+            await asyncio.sleep(max(0.0, due[path] - loop.time()))
+            try:
+                token = await self.agent.token(self.pod, audience, seconds)
+            except _ContainerError as error:
+                logger.warning("node agent: pod %s/%s: token not renewed: %s", *self.key, error.message)
+                due[path] = loop.time() + min(60.0, 0.1 * seconds)
+                continue
+            temporary = path.with_name(f".{path.name}.renewing")
+            temporary.write_bytes(token.encode())
+            temporary.chmod(path.stat().st_mode & 0o777 if path.exists() else 0o600)
+            owner = self._token_owner()
+            if owner is not None:
+                os.chown(temporary, owner, -1)
+            os.replace(temporary, path)
+            due[path] = loop.time() + renew_after(seconds)
 
     def _token_owner(self) -> int | None:
         """Who owns a projected token file: the pod's user, so a non-root container reads its 0600 token."""
