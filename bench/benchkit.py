@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -28,7 +25,12 @@ from typing import Any
 
 import psutil
 
-from fleetdispatch.devcluster.stack import OPERATOR_USER, AuditWatch, BackgroundCluster, audit_events
+from fleetdispatch.devcluster.stack import (
+    BackgroundCluster,
+    audit_events,
+    start_operator,
+    stop_operator,
+)
 from fleetdispatch.kubeapi import ApiError, Credentials, KubeApi
 
 MIB = 1024 * 1024
@@ -326,31 +328,18 @@ class Operator:
         self.workers = workers
         self.process: subprocess.Popen[bytes] | None = None
         self.ps: psutil.Process | None = None
-        self._watches = AuditWatch(cluster.dev.audit_log, OPERATOR_USER)
 
     def start(self, timeout: float = 60.0) -> None:
-        prefix = ["-m", "cProfile", "-o", str(self.profile_path)] if self.profile_path else []
-        command = [
-            sys.executable,
-            *prefix,
-            "-m",
-            "fleetdispatch.cli",
-            "operator",
+        self.process = start_operator(
+            self.cluster.dev,
+            self.log_path,
             f"--metrics-port={self.metrics_port}",
             f"--health-port={self.health_port}",
             *([f"--workers={self.workers}"] if self.workers else []),
-        ]
-        env = {**os.environ, "KUBECONFIG": str(self.cluster.dev.operator_kubeconfig)}
-        self._watches.open_watches()
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+            python_args=["-m", "cProfile", "-o", str(self.profile_path)] if self.profile_path else [],
+            timeout=timeout,
+        )
         self.ps = psutil.Process(self.process.pid)
-        deadline = time.monotonic() + timeout
-        while not {"fleetdispatches", "pods"} <= self._watches.open_watches():
-            self.alive()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the operator does not watch after {timeout} s:\n{self.log()}")
-            time.sleep(0.05)
 
     def alive(self) -> None:
         assert self.process is not None
@@ -391,10 +380,5 @@ class Operator:
             return ""
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_operator(self.process, grace=20)

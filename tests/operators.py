@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -24,7 +22,14 @@ from typing import Any
 
 from fleetdispatch.api import API_VERSION, GROUP, VERSION
 from fleetdispatch.devcluster.nodeagent import RUNTIME_ANNOTATION
-from fleetdispatch.devcluster.stack import OPERATOR_USER, AuditWatch, BackgroundCluster, audit_events
+from fleetdispatch.devcluster.stack import (
+    OPERATOR_USER,
+    AuditWatch,
+    BackgroundCluster,
+    audit_events,
+    start_operator,
+    stop_operator,
+)
 from kube import ApiError, Kube
 
 DISPATCHES = f"/apis/{GROUP}/{VERSION}"
@@ -72,24 +77,20 @@ class OperatorProcess:
         self.args = args
         self.metrics_port = free_port()
         self.health_port = free_port()
+        self.user = user
         self.process: subprocess.Popen[bytes] | None = None
         self._watches = AuditWatch(cluster.dev.audit_log, user)
 
     def start(self) -> OperatorProcess:
-        self._watches.open_watches()  # what was open before is someone else's (a killed predecessor's)
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
-        command = [
-            sys.executable,
-            "-m",
-            "fleetdispatch.cli",
-            "operator",
+        self.process = start_operator(
+            self.cluster.dev,
+            self.log_path,
             f"--metrics-port={self.metrics_port}",
             f"--health-port={self.health_port}",
             *self.args,
-        ]
-        with self.log_path.open("a") as log:
-            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        eventually(self.watching, 60, "the operator watches dispatches and pods")
+            kubeconfig=self.kubeconfig,
+            user=self.user,
+        )
         return self
 
     def watching(self) -> bool:
@@ -109,13 +110,8 @@ class OperatorProcess:
         eventually(lambda: not self._watches.open_watches(), 20, "the killed operator's watches closed")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_operator(self.process)
 
     def get(self, path: str) -> tuple[int, str]:
         url = f"http://127.0.0.1:{self.metrics_port if path == '/metrics' else self.health_port}{path}"

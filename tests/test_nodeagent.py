@@ -18,6 +18,7 @@ import signal
 import ssl
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -691,6 +692,69 @@ def test_kubectl_logs_reads_the_nodes_logs_through_the_api_server(
     assert kubectl.run("logs", "chatty").stdout == "one\ntwo\nthree\n"  # the first container by default
     missing = kubectl.run("logs", "chatty", "-c", "nobody", check=False)
     assert missing.returncode != 0 and "nobody" in missing.stderr
+
+
+def test_a_large_log_is_served_by_tail_and_limit_without_reading_it_whole(
+    root: Space, cluster: BackgroundCluster, tmp_path: Path
+) -> None:
+    """Three blocks of the node's 64 KiB reads: the tail is found backwards, limitBytes stops the stream,
+    and a negative tailLines (which kubectl never sends, a direct client may) is refused."""
+    kubectl = Kubectl(cluster.write_kubeconfig(tmp_path / "kubeconfig", root.name))
+    root.create("large", sh("main", "seq 1 40000"))
+    root.wait("large")
+    assert kubectl.run("logs", "large", "--tail=2").stdout == "39999\n40000\n"
+    assert kubectl.run("logs", "large", "--tail=0").stdout == ""
+    assert kubectl.run("logs", "large", "--limit-bytes=6").stdout == "1\n2\n3\n"
+    whole = kubectl.run("logs", "large").stdout.splitlines()
+    assert len(whole) == 40000 and whole[-1] == "40000"
+    agent = cluster.dev.agent
+    assert agent is not None
+    url = f"https://127.0.0.1:{agent.port}/containerLogs/{root.name}/large/main?tailLines=-1"
+    context = ssl.create_default_context(cafile=str(cluster.dev.plane.ca))
+    context.load_cert_chain(str(cluster.dev.plane.admin.certificate), str(cluster.dev.plane.admin.key))
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, context=context, timeout=10)
+    assert refused.value.code == 400
+
+
+@pytest.mark.parametrize(
+    ("annotation", "code", "message"),
+    [
+        ("3", 3, None),
+        ("2147483648", 1, "2147483648 is not a 32-bit exit code"),
+        ("-2147483649", 1, "-2147483649 is not a 32-bit exit code"),
+        ("three", 1, "'three' is not an integer exit code"),
+    ],
+)
+def test_an_instant_pod_exits_with_its_annotation_and_a_bad_one_is_explained(
+    root: Space, annotation: str, code: int, message: str | None
+) -> None:
+    name = f"instant-{next(_names)}"
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "annotations": {
+                "dev.fleet.dispatch.dev/runtime": "instant",
+                "dev.fleet.dispatch.dev/exit-code": annotation,
+                # Longer than the kubelet keeps: only its last 4096 bytes are reported.
+                **({} if message else {"dev.fleet.dispatch.dev/termination-message": "x" * 5000 + "end"}),
+            },
+        },
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "session", "image": "none", "command": ["true"]}],
+        },
+    }
+    root.kube.create(f"/api/v1/namespaces/{root.name}/pods", body)
+    status = root.wait(name)
+    state = root.state(name, "session", status)
+    assert (status["phase"], state["exitCode"]) == ("Failed", code)
+    if message is None:
+        assert len(state["message"]) == MAX_TERMINATION_MESSAGE_BYTES and state["message"].endswith("end")
+    else:
+        assert message in state["message"]
 
 
 def test_the_node_is_ready_and_renews_its_lease(root: Space) -> None:

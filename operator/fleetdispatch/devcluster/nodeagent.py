@@ -405,36 +405,29 @@ class NodeAgent:
             limit = int(request.query["limitBytes"]) if "limitBytes" in request.query else None
         except ValueError:
             return web.Response(status=400, text="tailLines and limitBytes must be integers")
+        if (tail is not None and tail < 0) or (limit is not None and limit < 1):
+            return web.Response(status=400, text="tailLines must be at least 0 and limitBytes at least 1")
         follow = request.query.get("follow") in ("true", "1")
         response = web.StreamResponse(headers={"Content-Type": "text/plain"})
         await response.prepare(request)
-        try:
-            data = path.read_bytes() if path.exists() else b""
-        except OSError:
-            data = b""
-        if tail is not None:
-            lines = data.splitlines(keepends=True)
-            data = b"".join(lines[-tail:]) if tail > 0 else b""
+        # In chunks from an offset, never the whole file in memory: a session's log may be large.
+        offset = _tail_offset(path, tail) if tail is not None else 0
         sent = 0
-        if limit is not None:
-            data = data[:limit]
-        await response.write(data)
-        sent += len(data)
-        offset = path.stat().st_size if path.exists() else 0
-        while follow and (limit is None or sent < limit):
-            await asyncio.sleep(0.2)
-            with contextlib.suppress(OSError), path.open("rb") as file:
-                file.seek(offset)
-                chunk = file.read(65536)
-                if chunk:
-                    if limit is not None:
-                        chunk = chunk[: limit - sent]
-                    offset += len(chunk)
-                    sent += len(chunk)
-                    await response.write(chunk)
-                    continue
-            if container.exit_code is not None or self._pods.get(run.key) is not run:
+        while limit is None or sent < limit:
+            try:
+                with path.open("rb") as file:
+                    file.seek(offset)
+                    chunk = file.read(65536 if limit is None else min(65536, limit - sent))
+            except OSError:
+                chunk = b""
+            if chunk:
+                offset += len(chunk)
+                sent += len(chunk)
+                await response.write(chunk)
+                continue
+            if not follow or container.exit_code is not None or self._pods.get(run.key) is not run:
                 break
+            await asyncio.sleep(0.2)
         await response.write_eof()
         return response
 
@@ -566,23 +559,13 @@ class NodeAgent:
         stamp = now()
 
         def unknown(container: Object) -> Object:
-            return {
-                "name": container["name"],
-                "image": str(container.get("image") or ""),
-                "imageID": "",
-                "ready": False,
-                "started": False,
-                "restartCount": 0,
-                "state": {
-                    "terminated": {
-                        "exitCode": 137,
-                        "reason": "ContainerStatusUnknown",
-                        "message": "The container could not be located when the pod was terminated",
-                        "finishedAt": stamp,
-                    }
-                },
-                "lastState": {},
+            state = {
+                "exitCode": 137,
+                "reason": "ContainerStatusUnknown",
+                "message": "The container could not be located when the pod was terminated",
+                "finishedAt": stamp,
             }
+            return _terminated_status(container, state)
 
         spec = pod["spec"]
         status: Object = {
@@ -603,13 +586,7 @@ class NodeAgent:
         session = next(
             (c["name"] for c in containers if c.get("name") == SESSION_CONTAINER), containers[0]["name"]
         )
-        code, message = 0, annotations.get(TERMINATION_MESSAGE_ANNOTATION)
-        raw = annotations.get(EXIT_CODE_ANNOTATION)
-        if raw is not None:
-            try:
-                code = int(raw)
-            except ValueError:
-                code, message = 1, f"{EXIT_CODE_ANNOTATION}: {raw!r} is not an integer exit code"
+        code, message = _instant_outcome(annotations)
 
         def terminated(container: Object, exit_code: int, text: str | None) -> Object:
             state: Object = {
@@ -620,16 +597,7 @@ class NodeAgent:
             }
             if text:
                 state["message"] = text
-            return {
-                "name": container["name"],
-                "image": str(container.get("image") or ""),
-                "imageID": "",
-                "ready": False,
-                "started": False,
-                "restartCount": 0,
-                "state": {"terminated": state},
-                "lastState": {},
-            }
+            return _terminated_status(container, state)
 
         status: Object = {
             "phase": "Succeeded" if code == 0 else "Failed",
@@ -1584,6 +1552,63 @@ def _write_files(
         target.chmod(default_mode if mode is None else mode)
         if owner is not None and mode == 0o600:
             os.chown(target, owner, -1)
+
+
+def _terminated_status(container: Object, state: Object) -> Object:
+    """A container's status once it has ended (``state``: its ``terminated`` state)."""
+    return {
+        "name": container["name"],
+        "image": str(container.get("image") or ""),
+        "imageID": "",
+        "ready": False,
+        "started": False,
+        "restartCount": 0,
+        "state": {"terminated": state},
+        "lastState": {},
+    }
+
+
+def _instant_outcome(annotations: Mapping[str, str]) -> tuple[int, str | None]:
+    """The exit code and termination message an instant pod's annotations ask for; an exit code that is
+    not an int32 (what a pod status holds) ends the session with 1 and a message that says why, and the
+    message is cut to its last 4096 bytes, as the kubelet cuts it."""
+    code, message = 0, annotations.get(TERMINATION_MESSAGE_ANNOTATION)
+    raw = annotations.get(EXIT_CODE_ANNOTATION)
+    if raw is not None:
+        try:
+            code = int(raw)
+        except ValueError:
+            code, message = 1, f"{EXIT_CODE_ANNOTATION}: {raw[:64]!r} is not an integer exit code"
+        else:
+            if not -(2**31) <= code < 2**31:
+                code, message = 1, f"{EXIT_CODE_ANNOTATION}: {code} is not a 32-bit exit code"
+    if message is not None:
+        message = message.encode()[-MAX_TERMINATION_MESSAGE_BYTES:].decode(errors="replace")
+    return code, message
+
+
+def _tail_offset(path: Path, lines: int) -> int:
+    """Where the last ``lines`` lines of a file start (a final newline ends a line; it starts none), read
+    backwards in blocks; 0 when the file has fewer lines or cannot be read."""
+    try:
+        with path.open("rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            if lines == 0:
+                return size
+            position, found = size, 0
+            while position > 0:
+                step = min(65536, position)
+                position -= step
+                file.seek(position)
+                block = file.read(step)
+                for index in range(len(block) - 1, -1, -1):
+                    if block[index] == 0x0A and position + index != size - 1:
+                        found += 1
+                        if found == lines:
+                            return position + index + 1
+    except OSError:
+        pass
+    return 0
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

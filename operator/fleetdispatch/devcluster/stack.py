@@ -325,37 +325,57 @@ class AuditWatch:
         return set(self._open.values())
 
 
-def operator_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fleetdispatch.cli", "operator", *args]
+def start_operator(
+    cluster: DevCluster,
+    log: Path,
+    *args: str,
+    kubeconfig: Path | None = None,
+    user: str = OPERATOR_USER,
+    python_args: Sequence[str] = (),
+    timeout: float = 60.0,
+) -> subprocess.Popen[bytes]:
+    """``fleetdispatch operator`` (as the chart's identity unless ``kubeconfig``/``user`` say otherwise),
+    returned once the audit log shows it watching dispatches and pods; stopped and raised when it exits
+    or does not watch within ``timeout``. ``python_args`` go to the interpreter (``-m cProfile ...``)."""
+    watches = AuditWatch(cluster.audit_log, user)
+    watches.open_watches()  # what is open now is someone else's (a killed predecessor's)
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig or cluster.operator_kubeconfig)}
+    command = [sys.executable, *python_args, "-m", "fleetdispatch.cli", "operator", *args]
+    with log.open("ab") as output:
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while not {"fleetdispatches", "pods"} <= watches.open_watches():
+        problem = None
+        if process.poll() is not None:
+            problem = f"the operator exited with {process.returncode}"
+        elif time.monotonic() > deadline:
+            problem = f"the operator does not watch after {timeout} s"
+        if problem is not None:
+            stop_operator(process)
+            raise ControlPlaneError(f"{problem}:\n{_tail(log)}")
+        time.sleep(0.05)
+    return process
+
+
+def stop_operator(process: subprocess.Popen[bytes], grace: float = 15.0) -> None:
+    """TERM, then KILL after ``grace`` seconds; returns once it has exited."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @contextlib.contextmanager
-def operator_process(
-    cluster: DevCluster, log: Path, *args: str, timeout: float = 60.0
-) -> Iterator[subprocess.Popen[bytes]]:
-    """``fleetdispatch operator`` as the chart's identity, until it watches dispatches and pods."""
-    watches = AuditWatch(cluster.audit_log, OPERATOR_USER)
-    watches.open_watches()
-    env = {**os.environ, "KUBECONFIG": str(cluster.operator_kubeconfig)}
-    with log.open("ab") as output:
-        process = subprocess.Popen(operator_command(*args), env=env, stdout=output, stderr=subprocess.STDOUT)
+def operator_process(cluster: DevCluster, log: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """:func:`start_operator` for a ``with`` block: stopped at its end."""
+    process = start_operator(cluster, log, *args)
     try:
-        deadline = time.monotonic() + timeout
-        while not {"fleetdispatches", "pods"} <= watches.open_watches():
-            if process.poll() is not None:
-                raise ControlPlaneError(f"the operator exited with {process.returncode}:\n{_tail(log)}")
-            if time.monotonic() > deadline:
-                raise ControlPlaneError(f"the operator does not watch after {timeout} s:\n{_tail(log)}")
-            time.sleep(0.05)
         yield process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_operator(process)
 
 
 def _tail(path: Path) -> str:
