@@ -25,13 +25,13 @@ from typing import Any
 
 import psutil
 
+from fleetdispatch.client.kubeapi import ApiError, Credentials, KubeApi
 from fleetdispatch.devcluster.stack import (
     BackgroundCluster,
     audit_events,
     start_operator,
     stop_operator,
 )
-from fleetdispatch.kubeapi import ApiError, Credentials, KubeApi
 
 MIB = 1024 * 1024
 POLL_SECONDS = 0.2

@@ -27,9 +27,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchkit import Components, admin, make_namespace, percentile
-from fleetdispatch.api import API_VERSION, GROUP, VERSION
+from fleetdispatch.api.models import API_VERSION, GROUP, VERSION
+from fleetdispatch.client.kubeapi import MERGE_PATCH, KubeApi
 from fleetdispatch.devcluster.stack import BackgroundCluster
-from fleetdispatch.kubeapi import MERGE_PATCH, KubeApi
 
 NAMESPACE = "bench"
 DISPATCHES = f"/apis/{GROUP}/{VERSION}/namespaces/{NAMESPACE}/fleetdispatches"

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import psutil
 
-from fleetdispatch.deadline import SupervisorConfig, decide, initial_state
-from fleetdispatch.probes import SessionProbe
+from fleetdispatch.session.deadline import SupervisorConfig, decide, initial_state
+from fleetdispatch.session.probes import SessionProbe
 
 DISPATCH = f"bench/{os.getpid()}"
 

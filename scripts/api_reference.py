@@ -122,15 +122,15 @@ spec:
 
 
 def validate_example() -> str:
-    from fleetdispatch import validation  # the package, only for this section
+    from fleetdispatch.validation import manifests  # the package, only for this section
 
-    verdict = validation.check(yaml.safe_load(EXAMPLE))
+    verdict = manifests.check(yaml.safe_load(EXAMPLE))
     return f"```yaml\n{EXAMPLE}```\n\n```\n{verdict.explain()}\n```\n"
 
 
 def operator_settings() -> str:
     """The operator's settings: flag, environment variable, default, meaning (from `OperatorSettings`)."""
-    from fleetdispatch.settings import ENV_PREFIX, OperatorSettings
+    from fleetdispatch.api.settings import ENV_PREFIX, OperatorSettings
 
     lines = ["| flag | environment variable | default | meaning |", "| --- | --- | --- | --- |"]
     for name, info in OperatorSettings.model_fields.items():

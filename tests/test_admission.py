@@ -1,4 +1,4 @@
-"""Tests for fleetdispatch.admission: offline emulation of the API server's CR admission."""
+"""Tests for fleetdispatch.validation.admission: offline emulation of the API server's CR admission."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from fleetdispatch.admission import (
+from fleetdispatch.validation.admission import (
     DUPLICATE,
     INVALID,
     REQUIRED,

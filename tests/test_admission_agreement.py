@@ -4,7 +4,7 @@
 answers for our CRDs. Here every manifest of the invalid corpus (tests/invalid/, the updates under
 updates/ too), every FleetDispatch and QuotaPool of examples/, and a few probes of what the corpus does
 not hold go both ways: `kubectl apply --dry-run=server` as the dev cluster's admin, into a namespace of
-the test's, and `fleetdispatch validate` (`validation.check` for an update, which the command line cannot
+the test's, and `fleetdispatch validate` (`manifests.check` for an update, which the command line cannot
 express). Both must accept it or both refuse it; the field errors must be the same, word for word (as a
 set: the server's order varies), with kubectl's header; and for an accepted manifest the spec the server
 would store (pruned, defaulted) must be the one validate computed. Where they disagreed the server was
@@ -24,8 +24,10 @@ from typing import Any
 import pytest
 import yaml
 
-from fleetdispatch import api, cli, validation
+from fleetdispatch import cli
+from fleetdispatch.api import models
 from fleetdispatch.devcluster.stack import BackgroundCluster
+from fleetdispatch.validation import manifests
 from kubectl import Kubectl, needs_kubectl
 from operators import Namespace
 
@@ -64,14 +66,15 @@ KNOWN_DIFFERENCES: dict[str, str] = {
 
 def _ours(doc: Any) -> bool:
     return (
-        str(doc.get("apiVersion", "")).partition("/")[0] == api.GROUP and doc.get("kind") in validation.crds()
+        str(doc.get("apiVersion", "")).partition("/")[0] == models.GROUP
+        and doc.get("kind") in manifests.crds()
     )
 
 
 def _example_cases() -> list[tuple[str, dict[str, Any]]]:
     cases = []
     for path in EXAMPLE_FILES:
-        docs = [d for d in validation.documents(path.read_text(encoding="utf-8")) if _ours(d)]
+        docs = [d for d in manifests.documents(path.read_text(encoding="utf-8")) if _ours(d)]
         for index, doc in enumerate(docs):
             suffix = f"#{index}" if len(docs) > 1 else ""
             cases.append((f"{path.relative_to(ROOT).as_posix()}{suffix}", dict(doc)))
@@ -83,7 +86,7 @@ EXAMPLES = _example_cases()
 
 def _probe(name: str = "probe", **spec: Any) -> dict[str, Any]:
     """examples/minimal.yaml with `spec` fields replaced."""
-    [minimal] = validation.documents((ROOT / "examples" / "minimal.yaml").read_text(encoding="utf-8"))
+    [minimal] = manifests.documents((ROOT / "examples" / "minimal.yaml").read_text(encoding="utf-8"))
     manifest = json.loads(json.dumps(minimal))
     manifest["metadata"] = {"name": name}
     manifest["spec"].update(spec)
@@ -119,7 +122,7 @@ PROBES: dict[str, dict[str, Any]] = {
     "unknown-status-field": {**_probe(), "status": {"bogus": 1}},
     "name-not-a-dns-subdomain": _probe("Bad_Name"),
     "unknown-field-and-invalid-value": _probe(timeouts={"deadlineSeconds": 0, "bogus": 1}),
-    "api-version-not-served": {**_probe(), "apiVersion": f"{api.GROUP}/v9"},
+    "api-version-not-served": {**_probe(), "apiVersion": f"{models.GROUP}/v9"},
 }
 CASE_IDS = [
     *(f"invalid/{p.name}" for p in CREATES),
@@ -176,8 +179,8 @@ def validate_file(path: Path) -> Answer:
     text = out.getvalue()
     assert code in (0, 1)
     assert "1 fleet.dispatch.dev manifests checked" in text, text
-    [manifest] = [d for d in validation.documents(path.read_text(encoding="utf-8")) if _ours(d)]
-    errors = tuple(str(error) for error in validation.check(manifest).api_errors)
+    [manifest] = [d for d in manifests.documents(path.read_text(encoding="utf-8")) if _ours(d)]
+    errors = tuple(str(error) for error in manifests.check(manifest).api_errors)
     assert all(error in text for error in errors), text
     return Answer(code == 0, text, errors)
 
@@ -207,7 +210,7 @@ def differences(server: Answer, validate: Answer) -> list[str]:
 def stored_spec_differences(stored: dict[str, Any] | None, manifest: dict[str, Any]) -> list[str]:
     """The spec the server would store against the one validate defaulted."""
     assert stored is not None
-    defaulted = validation.check(manifest).defaulted
+    defaulted = manifests.check(manifest).defaulted
     if stored.get("spec") == defaulted.get("spec"):
         return []
     return [
@@ -251,7 +254,7 @@ def test_an_invalid_update_is_refused_alike(cluster: BackgroundCluster, path: Pa
     # A namespace per update: the stored object is created for real, and must not meet another's.
     ns = Namespace(cluster, f"admission-update-{path.stem[:2]}", runtime="none")
     kubectl = kubectl_for(cluster, ns.name, tmp_path)
-    stored, update = (dict(d) for d in validation.documents(path.read_text(encoding="utf-8")))
+    stored, update = (dict(d) for d in manifests.documents(path.read_text(encoding="utf-8")))
     (tmp_path / "stored.yaml").write_text(yaml.safe_dump(stored), encoding="utf-8")
     (tmp_path / "update.yaml").write_text(yaml.safe_dump(update), encoding="utf-8")
     kubectl.run("apply", "-f", str(tmp_path / "stored.yaml"))
@@ -259,7 +262,7 @@ def test_an_invalid_update_is_refused_alike(cluster: BackgroundCluster, path: Pa
         server, _ = dry_run(kubectl, tmp_path / "update.yaml")
     finally:
         kubectl.run("delete", "--wait=true", "-f", str(tmp_path / "stored.yaml"))
-    verdict = validation.check(update, old=stored)
+    verdict = manifests.check(update, old=stored)
     errors = tuple(str(error) for error in verdict.api_errors)
     assert not server.accepted, f"the server accepts the update of {path.name}"
     hold(

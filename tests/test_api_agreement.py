@@ -11,7 +11,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleetdispatch import validation
+from fleetdispatch.validation import manifests
 
 
 def _around(low: int, high: int) -> st.SearchStrategy[int]:
@@ -119,7 +119,7 @@ def test_api_server_and_operator_agree_on_validity(spec: dict[str, Any], name: s
         "kind": "FleetDispatch",
         "metadata": {"name": name},
     }
-    verdict = validation.check({**manifest, "spec": spec})
+    verdict = manifests.check({**manifest, "spec": spec})
     assert bool(verdict.api_errors) == (verdict.model_error is not None), (
         f"API server says {[str(e) for e in verdict.api_errors]}, operator says {verdict.model_error}"
     )

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from fleetdispatch import admission, api
-from fleetdispatch.validation import crds
+from fleetdispatch.api import models
+from fleetdispatch.validation import admission
+from fleetdispatch.validation.manifests import crds
 
 # Keywords whose values must be equal on both sides wherever either side states them.
 BOUNDS = ("minimum", "maximum", "minLength", "maxLength", "pattern", "minItems", "maxItems", "maxProperties")
@@ -79,17 +80,18 @@ def _schema(kind: str, part: str) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("kind", "part", "model"),
     [
-        ("FleetDispatch", "spec", api.FleetDispatchSpec),
-        ("FleetDispatch", "status", api.FleetDispatchStatus),
-        ("QuotaPool", "spec", api.QuotaPoolSpec),
-        ("QuotaPool", "status", api.QuotaPoolStatus),
+        ("FleetDispatch", "spec", models.FleetDispatchSpec),
+        ("FleetDispatch", "status", models.FleetDispatchStatus),
+        ("QuotaPool", "spec", models.QuotaPoolSpec),
+        ("QuotaPool", "status", models.QuotaPoolStatus),
     ],
 )
 def test_crd_and_model_agree_on_fields_types_and_bounds(kind: str, part: str, model: type[BaseModel]) -> None:
     model_schema = model.model_json_schema(by_alias=True)
     crd_schema = _schema(kind, part)
     if part == "status":
-        # Status bounds are the API server's business; the operator reads status leniently (see api._Status).
+        # Status bounds are the API server's business; the operator reads status leniently
+        # (see models._Status).
         crd_schema = _strip_bounds(crd_schema)
         model_schema = _strip_bounds(model_schema)
     problems: list[str] = []
@@ -109,18 +111,18 @@ def test_crd_and_model_defaults_are_equal() -> None:
     # Defaulting a bare spec with the CRD gives exactly what the model fills in for the same bare spec.
     template = {"spec": {"containers": [{"name": "session", "image": "busybox"}]}}
     by_crd = admission.apply_defaults(_schema("FleetDispatch", "spec"), {"template": template})
-    by_model = api.FleetDispatchSpec.model_validate({"template": template}).model_dump(
+    by_model = models.FleetDispatchSpec.model_validate({"template": template}).model_dump(
         by_alias=True, exclude_none=True, exclude={"template"}
     )
     assert {k: v for k, v in by_crd.items() if k != "template"} == by_model
 
     pool_by_crd = admission.apply_defaults(_schema("QuotaPool", "spec"), {})
-    assert pool_by_crd == api.QuotaPoolSpec().model_dump(by_alias=True, exclude_none=True)
+    assert pool_by_crd == models.QuotaPoolSpec().model_dump(by_alias=True, exclude_none=True)
 
 
 def test_defaults_are_the_design_defaults() -> None:
     # The original tool's defaults (design notes, section 1), so a user moving from it sees no change.
-    spec = api.parse_spec({"template": {"spec": {"containers": [{"name": "s", "image": "i"}]}}})
+    spec = models.parse_spec({"template": {"spec": {"containers": [{"name": "s", "image": "i"}]}}})
     assert (spec.timeouts.deadline_seconds, spec.timeouts.max_extension_seconds) == (3600, 7200)
     assert (spec.timeouts.idle_output_seconds, spec.timeouts.kill_grace_seconds) == (1800, 30)
     assert (spec.activity.cpu_percent_threshold, spec.activity.api_endpoints) == (10, [":443"])

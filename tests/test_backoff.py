@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleetdispatch.api import Backoff
-from fleetdispatch.backoff import delay, requeue_jitter
+from fleetdispatch.api.models import Backoff
+from fleetdispatch.core.backoff import delay, requeue_jitter
 
 
 def test_without_jitter_the_delay_doubles_up_to_the_cap() -> None:

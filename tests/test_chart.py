@@ -31,8 +31,8 @@ import pytest
 import yaml
 
 import fleetdispatch
-from fleetdispatch import protocol, validation
-from fleetdispatch.api import API_VERSION
+from fleetdispatch.api.models import API_VERSION
+from fleetdispatch.api.settings import DEFAULT_IMAGE, ENV_PREFIX, OperatorSettings
 from fleetdispatch.devcluster import controlplane
 from fleetdispatch.devcluster.stack import (
     OPERATOR_ACCOUNT,
@@ -42,8 +42,9 @@ from fleetdispatch.devcluster.stack import (
     BackgroundCluster,
     audit_events,
 )
-from fleetdispatch.heartbeat import ANNOTATION_PREFIX, Heartbeat, LeaseStatus
-from fleetdispatch.settings import DEFAULT_IMAGE, ENV_PREFIX, OperatorSettings
+from fleetdispatch.session import protocol
+from fleetdispatch.session.heartbeat import ANNOTATION_PREFIX, Heartbeat, LeaseStatus
+from fleetdispatch.validation import manifests
 from kube import ApiError, Kube
 from operators import Namespace, eventually, running, running_operator, terminated
 
@@ -174,7 +175,7 @@ def test_the_charts_app_version_is_the_package_version() -> None:
 
 
 def test_the_charts_crd_files_are_the_top_level_crds() -> None:
-    assert crd_files() == sorted(validation.CRD_FILES)
+    assert crd_files() == sorted(manifests.CRD_FILES)
     assert sorted(p.name for p in (CHART / "files" / "crds").glob("*")) == crd_files()
     for name in crd_files():
         assert (CHART / "files" / "crds" / name).read_bytes() == (ROOT / "crds" / name).read_bytes(), (
@@ -244,7 +245,7 @@ def test_every_rendered_manifest_is_valid(values: str) -> None:
         if doc["kind"] not in ("CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):
             assert doc["metadata"].get("namespace"), f"{where} has no namespace: it would land anywhere"
         # None of ours (FleetDispatch, QuotaPool) is rendered; if one were, it would have to be valid.
-        assert validation.check(doc).valid
+        assert manifests.check(doc).valid
 
 
 def check_service_monitor(monitor: Mapping[str, Any], services: list[dict[str, Any]]) -> None:

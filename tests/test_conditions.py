@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from fleetdispatch import conditions
-from fleetdispatch.api import Condition
-from fleetdispatch.conditions import find, set_condition
+from fleetdispatch.api.models import Condition
+from fleetdispatch.core import conditions
+from fleetdispatch.core.conditions import find, set_condition
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 T1 = T0 + timedelta(minutes=5)

@@ -14,8 +14,8 @@ from typing import Any
 import celpy
 import pytest
 
-from fleetdispatch import admission
-from fleetdispatch.validation import crds
+from fleetdispatch.validation import admission
+from fleetdispatch.validation.manifests import crds
 
 KINDS = ["FleetDispatch", "QuotaPool"]
 REASONS = {"FieldValueInvalid", "FieldValueForbidden", "FieldValueRequired", "FieldValueDuplicate"}

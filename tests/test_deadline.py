@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleetdispatch import api
-from fleetdispatch.deadline import (
+from fleetdispatch.api import models
+from fleetdispatch.session.deadline import (
     Continue,
     Counters,
     Sample,
@@ -56,7 +56,7 @@ def run(config: SupervisorConfig, samples: list[tuple[float, Sample]]) -> tuple[
 
 def test_defaults_are_the_crd_defaults() -> None:
     default = SupervisorConfig()
-    timeouts, activity = api.Timeouts(), api.Activity()
+    timeouts, activity = models.Timeouts(), models.Activity()
     assert default.deadline_seconds == timeouts.deadline_seconds
     assert default.max_extension_seconds == timeouts.max_extension_seconds
     assert default.idle_output_seconds == timeouts.idle_output_seconds
@@ -65,13 +65,13 @@ def test_defaults_are_the_crd_defaults() -> None:
     assert default.cpu_percent_threshold == activity.cpu_percent_threshold
     assert list(default.api_endpoints) == activity.api_endpoints
     assert list(default.output_paths) == activity.output_paths
-    assert default.state_dir == api.STATE_DIR
+    assert default.state_dir == models.STATE_DIR
 
 
 def test_to_args_round_trips() -> None:
     config = dataclasses.replace(
         CONFIG,
-        api_endpoints=("api.example.com:443", "[::1]:8443", ":80"),
+        api_endpoints=("models.example.com:443", "[::1]:8443", ":80"),
         output_paths=("transcript.jsonl", "logs/out.txt"),
         poll_seconds=0.25,
         state_dir="/tmp/fleet",

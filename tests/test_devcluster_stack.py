@@ -26,9 +26,9 @@ from typing import Any
 
 import psutil
 
-from fleetdispatch.deadline import SupervisorConfig
 from fleetdispatch.devcluster.nodeagent import KUBELET_VERSION
 from fleetdispatch.devcluster.stack import BackgroundCluster
+from fleetdispatch.session.deadline import SupervisorConfig
 from kubectl import Kubectl, needs_kubectl
 from operators import Namespace, eventually
 

@@ -17,8 +17,10 @@ import jsonschema
 import pytest
 import yaml
 
-from fleetdispatch import api, cli, validation
+from fleetdispatch import cli
+from fleetdispatch.api import models
 from fleetdispatch.devcluster.stack import BackgroundCluster
+from fleetdispatch.validation import manifests
 from kubectl import Kubectl, needs_kubectl
 from operators import Namespace, OperatorProcess, eventually
 
@@ -27,13 +29,13 @@ EXAMPLES = sorted((ROOT / "examples").rglob("*.yaml"))
 OURS = [
     (path, index, doc)
     for path in EXAMPLES
-    for index, doc in enumerate(validation.documents(path.read_text(encoding="utf-8")))
-    if str(doc.get("apiVersion", "")).startswith(api.GROUP + "/")
+    for index, doc in enumerate(manifests.documents(path.read_text(encoding="utf-8")))
+    if str(doc.get("apiVersion", "")).startswith(models.GROUP + "/")
 ]
 
 
 def _json_schema(kind: str) -> dict[str, Any]:
-    schema: dict[str, Any] = validation.crds()[kind]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    schema: dict[str, Any] = manifests.crds()[kind]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     return schema
 
 
@@ -49,7 +51,7 @@ def test_examples_cover_every_kind_and_feature() -> None:
 @pytest.mark.parametrize(("path", "index", "doc"), OURS, ids=lambda v: v.name if isinstance(v, Path) else "")
 def test_example_is_valid(path: Path, index: int, doc: dict[str, Any]) -> None:
     jsonschema.Draft4Validator(_json_schema(doc["kind"])).validate(doc)
-    verdict = validation.check(doc)
+    verdict = manifests.check(doc)
     assert verdict.valid, verdict.explain()
     assert not verdict.skipped
 
@@ -59,12 +61,12 @@ def test_campaign_kustomization_lists_existing_dispatches() -> None:
     kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text(encoding="utf-8"))
     listed = set(kustomization["resources"])
     assert listed == {p.name for p in folder.glob("*.yaml")} - {"kustomization.yaml"}
-    kinds = [validation.documents((folder / name).read_text(encoding="utf-8"))[0]["kind"] for name in listed]
+    kinds = [manifests.documents((folder / name).read_text(encoding="utf-8"))[0]["kind"] for name in listed]
     assert sorted(kinds) == ["FleetDispatch"] * 3 + ["QuotaPool"]
     pools = {
         doc["spec"].get("quotaPool")
         for name in listed
-        for doc in validation.documents((folder / name).read_text(encoding="utf-8"))
+        for doc in manifests.documents((folder / name).read_text(encoding="utf-8"))
         if doc["kind"] == "FleetDispatch"
     }
     assert pools == {"campaign-quota"}
@@ -111,7 +113,7 @@ def test_a_manifest_of_the_wrong_shape_is_refused_not_a_crash() -> None:
             "spec": 3,
         },
     ):
-        verdict = validation.check(broken)
+        verdict = manifests.check(broken)
         assert not verdict.valid and verdict.api_errors and verdict.model_error
 
 

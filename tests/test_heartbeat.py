@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from fleetdispatch.deadline import SupervisorConfig
-from fleetdispatch.heartbeat import Heartbeat, LeaseStatus
-from fleetdispatch.supervisor import Supervisor
+from fleetdispatch.session.deadline import SupervisorConfig
+from fleetdispatch.session.heartbeat import Heartbeat, LeaseStatus
+from fleetdispatch.session.supervisor import Supervisor
 from test_supervisor_loop import Clock, ScriptedProbe
 
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/team/leases"
@@ -191,9 +191,10 @@ def test_the_supervise_command_does_not_load_the_operators_heavy_modules() -> No
     # client would each take a large part of it.
     code = (
         "import sys\n"
-        "from fleetdispatch import cli, supervisor, heartbeat, probes, deadline, protocol\n"
+        "from fleetdispatch import cli\n"
+        "from fleetdispatch.session import supervisor, heartbeat, probes, deadline, protocol\n"
         "heavy = ('pydantic', 'celpy', 'kopf', 'kubernetes', 'yaml', 'fleetdispatch.validation',"
-        " 'fleetdispatch.admission', 'fleetdispatch.api')\n"
+        " 'fleetdispatch.validation.admission', 'fleetdispatch.api.models')\n"
         "print(sorted(m for m in sys.modules if m.startswith(heavy)))\n"
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from fleetdispatch import cli, validation
+from fleetdispatch import cli
+from fleetdispatch.validation import manifests
 
 FOLDER = Path(__file__).resolve().parent / "invalid"
 CREATES = sorted(FOLDER.glob("*.yaml"))
@@ -35,7 +36,7 @@ def _expected(path: Path) -> tuple[list[str], str]:
 
 
 def _documents(path: Path) -> list[Any]:
-    return list(validation.documents(path.read_text(encoding="utf-8")))
+    return list(manifests.documents(path.read_text(encoding="utf-8")))
 
 
 def test_the_corpus_is_large_enough() -> None:
@@ -46,7 +47,7 @@ def test_the_corpus_is_large_enough() -> None:
 def test_refused_on_create_with_a_readable_message(path: Path) -> None:
     api_lines, operator = _expected(path)
     [manifest] = _documents(path)
-    verdict = validation.check(manifest)
+    verdict = manifests.check(manifest)
     assert not verdict.valid
     assert [str(error) for error in verdict.api_errors] == api_lines
     assert verdict.model_error == operator
@@ -56,8 +57,8 @@ def test_refused_on_create_with_a_readable_message(path: Path) -> None:
 def test_refused_on_update_with_a_readable_message(path: Path) -> None:
     api_lines, operator = _expected(path)
     stored, update = _documents(path)
-    assert validation.check(stored).valid, "the stored object itself must be valid"
-    verdict = validation.check(update, old=stored)
+    assert manifests.check(stored).valid, "the stored object itself must be valid"
+    verdict = manifests.check(update, old=stored)
     assert [str(error) for error in verdict.api_errors] == api_lines
     assert verdict.model_error == operator
 
@@ -68,7 +69,7 @@ def test_suspend_and_retry_may_change_after_creation(path: Path) -> None:
     update = copy.deepcopy(stored)
     update["spec"]["suspend"] = True
     update["spec"]["retry"] = {"maxAttempts": 7, "backoff": {"baseSeconds": 5}}
-    verdict = validation.check(update, old=stored)
+    verdict = manifests.check(update, old=stored)
     assert verdict.valid, verdict.explain()
 
 

@@ -16,11 +16,16 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from fleetdispatch import backoff
-from fleetdispatch.api import SUPERVISOR_CONTAINER, AttemptRecord, FleetDispatchSpec, FleetDispatchStatus
-from fleetdispatch.lifecycle import TERMINAL, Decision, Dispatch, Event, Limits, backstop_at, reconcile
-from fleetdispatch.podspec import AttemptRequest, pod_name
-from fleetdispatch.podstatus import observe
+from fleetdispatch.api.models import (
+    SUPERVISOR_CONTAINER,
+    AttemptRecord,
+    FleetDispatchSpec,
+    FleetDispatchStatus,
+)
+from fleetdispatch.core import backoff
+from fleetdispatch.core.lifecycle import TERMINAL, Decision, Dispatch, Event, Limits, backstop_at, reconcile
+from fleetdispatch.core.podspec import AttemptRequest, pod_name
+from fleetdispatch.core.podstatus import observe
 from test_podstatus import T0, make_pod, outcome, running, terminated, ts, waiting
 
 UID = "uid-1"

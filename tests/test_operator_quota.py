@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from fleetdispatch.api import API_VERSION, GROUP, VERSION
+from fleetdispatch.api.models import API_VERSION, GROUP, VERSION
 from operators import Namespace, eventually, terminated
 from test_operator_restarts import _now, _spec
 

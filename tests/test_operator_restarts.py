@@ -21,15 +21,15 @@ from typing import Any
 
 import pytest
 
-from fleetdispatch import validation
 from fleetdispatch.devcluster.stack import BackgroundCluster
+from fleetdispatch.validation import manifests
 from kube import Kube
 from operators import Namespace, OperatorProcess, eventually, running, terminated
 
 
 def _schemaless_crd() -> dict[str, Any]:
     """Our CRD with its schema and CEL rules removed: what an old or hand-edited install may serve."""
-    crd: dict[str, Any] = json.loads(json.dumps(validation.crds()["FleetDispatch"]))
+    crd: dict[str, Any] = json.loads(json.dumps(manifests.crds()["FleetDispatch"]))
     for version in crd["spec"]["versions"]:
         version.pop("selectableFields", None)  # they must name fields of the schema
         version["schema"] = {
@@ -40,7 +40,7 @@ def _schemaless_crd() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[BackgroundCluster]:
-    crds = [_schemaless_crd(), validation.crds()["QuotaPool"]]
+    crds = [_schemaless_crd(), manifests.crds()["QuotaPool"]]
     with BackgroundCluster(runtime="none", crds=False) as running_cluster:
         running_cluster.dev.plane.apply(crds)
         for crd in crds:

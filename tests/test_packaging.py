@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleetdispatch import validation
+from fleetdispatch.validation import manifests
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBECTL = ROOT / ".tools" / "bin" / "kubectl"
@@ -22,10 +22,10 @@ KUBECTL = ROOT / ".tools" / "bin" / "kubectl"
 def test_packaged_crds_are_the_top_level_crds() -> None:
     from importlib import resources
 
-    for name in validation.CRD_FILES:
-        packaged = (resources.files("fleetdispatch") / "crds" / name).read_bytes()
+    for name in manifests.CRD_FILES:
+        packaged = (resources.files("fleetdispatch.api") / "crds" / name).read_bytes()
         assert packaged == (ROOT / "crds" / name).read_bytes()
-    assert sorted(p.name for p in (ROOT / "crds").glob("*.yaml")) == sorted(validation.CRD_FILES)
+    assert sorted(p.name for p in (ROOT / "crds").glob("*.yaml")) == sorted(manifests.CRD_FILES)
 
 
 def test_wheel_ships_the_package_the_crds_and_the_command(tmp_path: Path) -> None:
@@ -47,8 +47,8 @@ def test_wheel_ships_the_package_the_crds_and_the_command(tmp_path: Path) -> Non
     [wheel] = tmp_path.glob("fleet_dispatch-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
-        for name in validation.CRD_FILES:
-            assert archive.read(f"fleetdispatch/crds/{name}") == (ROOT / "crds" / name).read_bytes()
+        for name in manifests.CRD_FILES:
+            assert archive.read(f"fleetdispatch/api/crds/{name}") == (ROOT / "crds" / name).read_bytes()
         entry_points = next(n for n in names if n.endswith("entry_points.txt"))
         assert "fleetdispatch = fleetdispatch.cli:main" in archive.read(entry_points).decode()
     assert not [n for n in names if n.startswith("operator/")]
@@ -66,10 +66,10 @@ def test_campaign_kustomization_builds_valid_manifests() -> None:
         capture_output=True,
         text=True,
     ).stdout
-    manifests = list(yaml.safe_load_all(built))
-    assert sorted(m["kind"] for m in manifests) == ["FleetDispatch"] * 3 + ["QuotaPool"]
-    for manifest in manifests:
+    documents = list(yaml.safe_load_all(built))
+    assert sorted(m["kind"] for m in documents) == ["FleetDispatch"] * 3 + ["QuotaPool"]
+    for manifest in documents:
         assert manifest["metadata"]["namespace"] == "campaign-q4"
         assert manifest["metadata"]["labels"] == {"fleet.dispatch.dev/campaign": "q4-cleanup"}
-        verdict = validation.check(manifest)
+        verdict = manifests.check(manifest)
         assert verdict.valid, verdict.explain()

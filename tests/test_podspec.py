@@ -16,12 +16,14 @@ from typing import Any
 
 import pytest
 
-from fleetdispatch import api, podspec, protocol
-from fleetdispatch.api import FleetDispatchSpec, InvalidSpec
-from fleetdispatch.deadline import SupervisorConfig
+from fleetdispatch.api import models
+from fleetdispatch.api.models import FleetDispatchSpec, InvalidSpec
+from fleetdispatch.api.settings import OperatorSettings
+from fleetdispatch.core import podspec
+from fleetdispatch.core.podspec import AttemptRequest, DispatchRef
 from fleetdispatch.devcluster.stack import BackgroundCluster
-from fleetdispatch.podspec import AttemptRequest, DispatchRef
-from fleetdispatch.settings import OperatorSettings
+from fleetdispatch.session import protocol
+from fleetdispatch.session.deadline import SupervisorConfig
 from operators import Namespace, eventually
 
 NOW = 1_700_000_000.75
@@ -43,7 +45,7 @@ def template_of(*containers: dict[str, Any], **pod_fields: Any) -> dict[str, Any
 
 
 def parsed(template: dict[str, Any], **spec: Any) -> FleetDispatchSpec:
-    return api.parse_spec({"template": copy.deepcopy(template), **spec})
+    return models.parse_spec({"template": copy.deepcopy(template), **spec})
 
 
 def build(
@@ -56,9 +58,9 @@ def build(
 
 
 def unchecked(template: dict[str, Any]) -> FleetDispatchSpec:
-    """A spec that skipped `api.parse_spec`, as a caller could hand over with `model_construct`."""
-    pod = api.PodSpec.model_construct(**template["spec"])
-    return FleetDispatchSpec.model_construct(template=api.PodTemplate.model_construct(spec=pod))
+    """A spec that skipped `models.parse_spec`, as a caller could hand over with `model_construct`."""
+    pod = models.PodSpec.model_construct(**template["spec"])
+    return FleetDispatchSpec.model_construct(template=models.PodTemplate.model_construct(spec=pod))
 
 
 def named(items: list[dict[str, Any]], name: str) -> dict[str, Any]:
@@ -72,7 +74,7 @@ def session_of(pod: Pod, name: str = "session") -> dict[str, Any]:
 
 def supervisor_of(pod: Pod) -> dict[str, Any]:
     supervisor: dict[str, Any] = pod["spec"]["initContainers"][0]
-    assert supervisor["name"] == api.SUPERVISOR_CONTAINER
+    assert supervisor["name"] == models.SUPERVISOR_CONTAINER
     return supervisor
 
 
@@ -383,7 +385,7 @@ def test_metadata_names_labels_and_owns_the_pod() -> None:
 
 def test_pod_names_are_deterministic_and_fit() -> None:
     assert podspec.pod_name("review", 12) == "review-12"
-    longest = "a" * api.MAX_DISPATCH_NAME
+    longest = "a" * models.MAX_DISPATCH_NAME
     assert len(podspec.pod_name(longest, 10_000)) <= 253
     with pytest.raises(ValueError, match="from 1"):
         podspec.pod_name("review", 0)
@@ -592,7 +594,7 @@ NON_DEFAULT: dict[str, Any] = {
     "activity": {
         "pollSeconds": 15,
         "cpuPercentThreshold": 25,
-        "apiEndpoints": ["api.anthropic.com:443", "[::1]:8443", ":8080"],
+        "apiEndpoints": ["models.anthropic.com:443", "[::1]:8443", ":8080"],
         "outputPaths": ["transcript.jsonl", "logs/agent.log"],
     },
 }
@@ -606,7 +608,7 @@ def expected_config(attempt: int, **heartbeat: Any) -> SupervisorConfig:
         kill_grace_seconds=7,
         poll_seconds=15,
         cpu_percent_threshold=25,
-        api_endpoints=("api.anthropic.com:443", "[::1]:8443", ":8080"),
+        api_endpoints=("models.anthropic.com:443", "[::1]:8443", ":8080"),
         output_paths=("transcript.jsonl", "logs/agent.log"),
         state_dir="/var/run/fleet",
         dispatch="team-a/review",
@@ -809,7 +811,7 @@ def test_a_built_pod_runs_in_the_dev_cluster_and_the_session_sees_its_protocol(
     now = time.time()
     pod = podspec.build_pod(
         ref,
-        api.parse_spec(dispatch["spec"]),
+        models.parse_spec(dispatch["spec"]),
         dispatch["spec"]["template"],
         AttemptRequest(attempt=2, resume=True, resume_token=token),
         now,

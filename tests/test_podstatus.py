@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from fleetdispatch.api import ATTEMPT_LABEL, DISPATCH_LABEL, SESSION_CONTAINER, SUPERVISOR_CONTAINER
-from fleetdispatch.podstatus import PodView, Termination, observe, parse_time
+from fleetdispatch.api.models import ATTEMPT_LABEL, DISPATCH_LABEL, SESSION_CONTAINER, SUPERVISOR_CONTAINER
+from fleetdispatch.core.podstatus import PodView, Termination, observe, parse_time
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 

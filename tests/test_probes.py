@@ -8,8 +8,8 @@ import socket
 import sys
 from pathlib import Path
 
-from fleetdispatch.deadline import Counters
-from fleetdispatch.probes import SessionProbe, established_inodes
+from fleetdispatch.session.deadline import Counters
+from fleetdispatch.session.probes import SessionProbe, established_inodes
 from sessions import SLEEP, Sessions, wait_until
 
 CONNECT = "import signal, socket; s = socket.create_connection(('127.0.0.1', {port})); signal.pause()"
@@ -144,7 +144,7 @@ def test_signal_reaches_only_session_processes(session: Sessions) -> None:
 def test_a_marked_parent_of_the_supervisor_is_never_a_session_process(session: Sessions) -> None:
     # The supervisor started through a shell that carries the marker must not count (or signal) the shell.
     code = (
-        "import sys; from fleetdispatch.probes import SessionProbe; "
+        "import sys; from fleetdispatch.session.probes import SessionProbe; "
         f"p = SessionProbe({session.dispatch!r}, {session.attempt!r}); "
         "import os; print(sorted(pid for pid, _ in p.sample().processes))"
     )

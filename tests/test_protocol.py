@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetdispatch import protocol
+from fleetdispatch.session import protocol
 
 
 def test_deadline_file_is_integer_epoch_seconds_and_a_newline(tmp_path: Path) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from fleetdispatch import lifecycle, quota
-from fleetdispatch.api import FleetDispatchStatus, parse_spec
-from fleetdispatch.podstatus import observe
+from fleetdispatch.api.models import FleetDispatchStatus, parse_spec
+from fleetdispatch.core import lifecycle, quota
+from fleetdispatch.core.podstatus import observe
 from test_lifecycle import exited, outcome
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)

@@ -16,14 +16,16 @@ from typing import Any
 
 import pytest
 
-from fleetdispatch import classify, cli, protocol, quotaguard
-from fleetdispatch.podstatus import PodView, Termination
-from fleetdispatch.quotaguard import Plan, parse_reset_at, parse_reset_in, plan
+from fleetdispatch import cli
+from fleetdispatch.core import classify
+from fleetdispatch.core.podstatus import PodView, Termination
+from fleetdispatch.session import protocol, quotaguard
+from fleetdispatch.session.quotaguard import Plan, parse_reset_at, parse_reset_in, plan
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOK = ROOT / "examples" / "hooks" / "quota-hook.sh"
 T = 1_800_000_000.0  # 2027-01-15T08:00:00Z
-GUARD = f"{sys.executable} -m fleetdispatch.quotaguard"
+GUARD = f"{sys.executable} -m fleetdispatch.session.quotaguard"
 
 # --- the plan ---------------------------------------------------------------------------------------------
 
@@ -382,13 +384,18 @@ def test_importing_the_guard_loads_only_the_standard_library() -> None:
     code = """if True:
         import json, sys
         before = set(sys.modules)
-        import fleetdispatch.quotaguard
+        import fleetdispatch.session.quotaguard
         print(json.dumps(sorted(set(sys.modules) - before)))
     """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = json.loads(result.stdout)
     ours = [name for name in loaded if name.partition(".")[0] not in sys.stdlib_module_names]
-    assert ours == ["fleetdispatch", "fleetdispatch.protocol", "fleetdispatch.quotaguard"]
+    assert ours == [
+        "fleetdispatch",
+        "fleetdispatch.session",
+        "fleetdispatch.session.protocol",
+        "fleetdispatch.session.quotaguard",
+    ]
     assert not {"pydantic", "kopf", "yaml", "aiohttp", "psutil"} & {name.partition(".")[0] for name in loaded}
 
 
@@ -397,7 +404,7 @@ def test_two_vendored_files_run_without_the_package(tmp_path: Path) -> None:
     vendored = tmp_path / "vendor" / "fleetdispatch"
     vendored.mkdir(parents=True)
     for name in ("protocol.py", "quotaguard.py"):
-        shutil.copy(ROOT / "operator" / "fleetdispatch" / name, vendored / name)
+        shutil.copy(ROOT / "operator" / "fleetdispatch" / "session" / name, vendored / name)
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(vendored.parent)}
     where = subprocess.run(
         [sys.executable, "-S", "-c", "import fleetdispatch.quotaguard as q; print(q.__file__)"],
@@ -430,8 +437,9 @@ def _env(state: Path, **extra: str) -> dict[str, str]:
     [
         [sys.executable, "-m", "fleetdispatch.cli", "quota-guard"],
         [sys.executable, "-m", "fleetdispatch.quotaguard"],
+        [sys.executable, "-m", "fleetdispatch.session.quotaguard"],
     ],
-    ids=["fleetdispatch quota-guard", "python -m fleetdispatch.quotaguard"],
+    ids=["fleetdispatch quota-guard", "python -m fleetdispatch.quotaguard", "the module itself"],
 )
 def test_command_line_end_to_end(state: Path, command: list[str]) -> None:
     now = datetime.now(UTC).timestamp()

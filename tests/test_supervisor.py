@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from fleetdispatch import protocol
+from fleetdispatch.session import protocol
 from sessions import BUSY, SLEEP, Sessions, alive, exited, flags, wait_until
 
 # A CPU threshold no process reaches: isolates the signal a test is about from the interpreter's start-up.
@@ -274,7 +274,7 @@ def test_sigterm_ends_the_supervisor_at_once_and_leaves_the_session_to_the_kubel
 def test_the_supervisor_marks_itself_non_dumpable(session: Sessions) -> None:
     # PR_GET_DUMPABLE (3) in a fresh interpreter, after the call the supervisor makes at start.
     probe = (
-        "import ctypes; from fleetdispatch.supervisor import set_non_dumpable; "
+        "import ctypes; from fleetdispatch.session.supervisor import set_non_dumpable; "
         "assert set_non_dumpable(); print(ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))"
     )
     checked = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)

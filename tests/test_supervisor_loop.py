@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from fleetdispatch import protocol
-from fleetdispatch.deadline import Counters, ProcessKey, Sample, SupervisorConfig
-from fleetdispatch.heartbeat import LeaseStatus
-from fleetdispatch.supervisor import Supervisor
+from fleetdispatch.session import protocol
+from fleetdispatch.session.deadline import Counters, ProcessKey, Sample, SupervisorConfig
+from fleetdispatch.session.heartbeat import LeaseStatus
+from fleetdispatch.session.supervisor import Supervisor
 
 WALL_START = 1_800_000_000.0
 SESSION: ProcessKey = (41, 1000)

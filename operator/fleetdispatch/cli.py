@@ -19,7 +19,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from fleetdispatch import __version__, deadline
+from fleetdispatch import __version__
+from fleetdispatch.session import deadline
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 
@@ -44,19 +45,19 @@ def _read(file: str, stdin: TextIO) -> str:
 
 def validate(paths: Sequence[str], out: TextIO | None = None, stdin: TextIO | None = None) -> int:
     """Check every fleet.dispatch.dev manifest under `paths` (`-` is standard input); 0 when all are valid."""
-    from fleetdispatch import validation
+    from fleetdispatch.validation import manifests
 
     write = (out or sys.stdout).write
     checked = invalid = 0
     for file in _manifest_files(paths):
         try:
-            documents = list(validation.documents(_read(file, stdin or sys.stdin)))
+            documents = list(manifests.documents(_read(file, stdin or sys.stdin)))
         except (OSError, ValueError) as error:
             write(f"{file}: cannot read: {error}\n")
             invalid += 1
             continue
         for manifest in documents:
-            verdict = validation.check(manifest)
+            verdict = manifests.check(manifest)
             if verdict.skipped:
                 continue
             checked += 1
@@ -112,8 +113,8 @@ def run_operator(namespaces: Sequence[str], overrides: dict[str, object], verbos
 
     import kopf
 
-    from fleetdispatch import controller
-    from fleetdispatch.settings import OperatorSettings, SettingsError
+    from fleetdispatch.api.settings import OperatorSettings, SettingsError
+    from fleetdispatch.controller import handlers
 
     try:
         options = OperatorSettings.from_env(overrides=overrides)
@@ -124,13 +125,13 @@ def run_operator(namespaces: Sequence[str], overrides: dict[str, object], verbos
     if not verbose:
         # kopf logs every handled event at INFO: at campaign scale that is most of the log and of the CPU.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    asyncio.run(controller.run(options, namespaces=namespaces))
+    asyncio.run(handlers.run(options, namespaces=namespaces))
     return 0
 
 
 def _add_operator_flags(parser: argparse.ArgumentParser) -> list[str]:
     """One flag per operator setting (`--supervisor-image` for `supervisor_image`), from the one model."""
-    from fleetdispatch.settings import ENV_PREFIX, OperatorSettings
+    from fleetdispatch.api.settings import ENV_PREFIX, OperatorSettings
 
     names = []
     for name, info in OperatorSettings.model_fields.items():
@@ -147,8 +148,8 @@ def _add_operator_flags(parser: argparse.ArgumentParser) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["quota-guard"]:
-        # The guard owns its command line (it also runs as `python -m fleetdispatch.quotaguard`).
-        from fleetdispatch import quotaguard
+        # The guard owns its command line (it also runs as `python -m fleetdispatch.session.quotaguard`).
+        from fleetdispatch.session import quotaguard
 
         return quotaguard.main(arguments[1:], prog="fleetdispatch quota-guard")
     parser = argparse.ArgumentParser(prog="fleetdispatch", description=__doc__.splitlines()[0])
@@ -232,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "dev":
         return run_dev(Path(args.kubeconfig), args.port, args.runtime, args.operator, args.data_dir)
     if args.command == "supervise":
-        from fleetdispatch import supervisor
+        from fleetdispatch.session import supervisor
 
         return supervisor.supervise(deadline.from_namespace(supervise, args))
     parser.error(f"unknown command {args.command!r}")

@@ -61,9 +61,9 @@ from typing import Any, Literal, TypeVar
 
 from aiohttp import web
 
-from fleetdispatch.api import SESSION_CONTAINER
+from fleetdispatch.api.models import SESSION_CONTAINER
+from fleetdispatch.client.kubeapi import ApiError, KubeApi
 from fleetdispatch.devcluster import sandbox
-from fleetdispatch.kubeapi import ApiError, KubeApi
 
 Object = dict[str, Any]
 Mode = Literal["local", "instant"]

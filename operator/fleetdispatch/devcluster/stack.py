@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import yaml
 
-from fleetdispatch import validation
+from fleetdispatch.client.kubeapi import Credentials, KubeApi
 from fleetdispatch.devcluster.controlplane import (
     ControlPlane,
     ControlPlaneError,
@@ -41,7 +41,7 @@ from fleetdispatch.devcluster.controlplane import (
     tools_folder,
 )
 from fleetdispatch.devcluster.nodeagent import NodeAgent
-from fleetdispatch.kubeapi import Credentials, KubeApi
+from fleetdispatch.validation import manifests
 
 RuntimeMode = Literal["local", "instant", "none"]
 OPERATOR_NAMESPACE = "fleet-system"
@@ -159,7 +159,7 @@ class DevCluster:
     def _setup(self) -> None:
         """CRDs established, and the operator's ServiceAccount with the chart's RBAC and a token."""
         if self._crds:
-            crds = list(validation.crds().values())
+            crds = list(manifests.crds().values())
             self.plane.apply(crds)
             for crd in crds:
                 self._wait_established(crd["metadata"]["name"])

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from fleetdispatch.api import Phase
+from fleetdispatch.api.models import Phase
 
 PHASES: tuple[Phase, ...] = ("Pending", "Running", "Succeeded", "Failed", "Requeued", "Backoff", "Suspended")
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from fleetdispatch.api import ATTEMPT_LABEL, SESSION_CONTAINER, SUPERVISOR_CONTAINER
+from fleetdispatch.api.models import ATTEMPT_LABEL, SESSION_CONTAINER, SUPERVISOR_CONTAINER
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 

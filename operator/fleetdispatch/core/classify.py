@@ -43,9 +43,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from fleetdispatch import protocol
-from fleetdispatch.api import OUTCOME_REASON, FailureClass, FailurePolicy
-from fleetdispatch.podstatus import PodView, Termination, parse_time
+from fleetdispatch.api.models import OUTCOME_REASON, FailureClass, FailurePolicy
+from fleetdispatch.core.podstatus import PodView, Termination, parse_time
+from fleetdispatch.session import protocol
 
 Verdict = Literal["Succeed", "Fail", "Retry", "Resume", "Requeue", "Ignore"]
 

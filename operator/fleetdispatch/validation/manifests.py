@@ -20,7 +20,8 @@ from typing import Any
 
 import yaml
 
-from fleetdispatch import admission, api
+from fleetdispatch.api import models
+from fleetdispatch.validation import admission
 
 CRD_FILES = ("fleetdispatches.yaml", "quotapools.yaml")
 
@@ -28,7 +29,7 @@ CRD_FILES = ("fleetdispatches.yaml", "quotapools.yaml")
 @cache
 def crds() -> dict[str, dict[str, Any]]:
     """The packaged CRDs by kind (`FleetDispatch`, `QuotaPool`)."""
-    folder = resources.files("fleetdispatch") / "crds"
+    folder = resources.files("fleetdispatch.api") / "crds"
     loaded = {}
     for name in CRD_FILES:
         crd = yaml.safe_load((folder / name).read_text(encoding="utf-8"))
@@ -63,14 +64,14 @@ def check(manifest: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> 
     kind = str(manifest.get("kind", ""))
     name = _name(manifest)
     group = str(manifest.get("apiVersion", "")).partition("/")[0]
-    if group != api.GROUP or kind not in crds():
+    if group != models.GROUP or kind not in crds():
         return Verdict(kind=kind or "?", name=name, skipped=True)
     defaulted, errors = admission.admit(crds()[kind], manifest, old)
     try:
         # The manifest as written, not as admitted: the models must refuse what the API server prunes.
         _parse(kind, manifest, old)
         model_error = None
-    except api.InvalidSpec as error:
+    except models.InvalidSpec as error:
         model_error = str(error)
     if model_error is not None and not errors:
         # The API server accepts it, and the operator reads what the server stores: a null it dropped or
@@ -79,7 +80,7 @@ def check(manifest: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> 
         try:
             _parse(kind, defaulted, stored_old)
             model_error = None
-        except api.InvalidSpec as error:
+        except models.InvalidSpec as error:
             model_error = str(error)
     return Verdict(
         kind=kind, name=name, api_errors=tuple(errors), model_error=model_error, defaulted=defaulted
@@ -88,12 +89,12 @@ def check(manifest: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> 
 
 def _parse(kind: str, obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> None:
     if kind == "QuotaPool":
-        api.parse_quota_pool_spec(obj.get("spec"))
+        models.parse_quota_pool_spec(obj.get("spec"))
         return
-    api.check_name(_name(obj))
-    spec = api.parse_spec(obj.get("spec"))
+    models.check_name(_name(obj))
+    spec = models.parse_spec(obj.get("spec"))
     if old is not None:
-        api.check_update(api.parse_spec(old.get("spec")), spec)
+        models.check_update(models.parse_spec(old.get("spec")), spec)
 
 
 def _name(obj: Mapping[str, Any]) -> str:

@@ -47,7 +47,7 @@ variables, the reserved volume and container names, mounts in the state director
 message path), plus two templates the pod would fail on: `hostPID` (Kubernetes refuses it with a shared
 process namespace) and a container that runs as root while `runAsNonRoot` is true (by the operator's
 default or the user's own), which the kubelet would refuse to start. Each message names the field and the
-fix. `api.parse_spec` already refuses some of these; they are checked again here so that the builder is
+fix. `models.parse_spec` already refuses some of these; they are checked again here so that the builder is
 safe on any spec it is handed.
 
 Deliberately not here: deciding whether an attempt is due, reading or writing the cluster, reading a clock
@@ -63,10 +63,11 @@ import posixpath
 from collections.abc import Mapping
 from typing import Any
 
-from fleetdispatch import api, protocol
-from fleetdispatch.api import ATTEMPT_LABEL, DISPATCH_LABEL
-from fleetdispatch.deadline import SupervisorConfig
-from fleetdispatch.settings import OperatorSettings
+from fleetdispatch.api import models
+from fleetdispatch.api.models import ATTEMPT_LABEL, DISPATCH_LABEL
+from fleetdispatch.api.settings import OperatorSettings
+from fleetdispatch.session import protocol
+from fleetdispatch.session.deadline import SupervisorConfig
 
 DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
 SUPERVISOR_REPORT_PATH = "/dev/termination-log"
@@ -76,7 +77,7 @@ TOKEN_DIR = "/var/run/fleet-token"
 TOKEN_FILE = f"{TOKEN_DIR}/token"
 CA_FILE = f"{TOKEN_DIR}/ca.crt"
 TOKEN_EXPIRATION_SECONDS = 3600
-OUTCOME_PATH = f"{api.STATE_DIR}/{protocol.OUTCOME_FILE}"
+OUTCOME_PATH = f"{models.STATE_DIR}/{protocol.OUTCOME_FILE}"
 RESERVED_ENV_PREFIX = "FLEET_"
 SUPERVISOR_RESOURCES: Mapping[str, Mapping[str, str]] = {
     "requests": {"cpu": "10m", "memory": "32Mi"},
@@ -85,7 +86,7 @@ SUPERVISOR_RESOURCES: Mapping[str, Mapping[str, str]] = {
 
 _TEMPLATE = "spec.template.spec"
 _RESERVED_VOLUMES = {
-    api.STATE_VOLUME: f"shared state volume at {api.STATE_DIR}",
+    models.STATE_VOLUME: f"shared state volume at {models.STATE_DIR}",
     TOKEN_VOLUME: f"heartbeat token mounted into the supervisor at {TOKEN_DIR}",
 }
 
@@ -118,15 +119,15 @@ def pod_name(dispatch_name: str, attempt: int) -> str:
     return f"{dispatch_name}-{attempt}"
 
 
-def check_template(spec: api.FleetDispatchSpec) -> None:
-    """Raise `api.InvalidSpec` when the template collides with what the operator injects into the pod."""
+def check_template(spec: models.FleetDispatchSpec) -> None:
+    """Raise `models.InvalidSpec` when the template collides with what the operator injects into the pod."""
     template = spec.template.model_dump(by_alias=True, exclude_none=True, warnings=False)
     _check(template)
 
 
 def build_pod(  # noqa: PLR0917 - one argument per input of the pure function, all required
     ref: DispatchRef,
-    spec: api.FleetDispatchSpec,
+    spec: models.FleetDispatchSpec,
     template: Mapping[str, Any],
     request: AttemptRequest,
     now: float,
@@ -134,10 +135,10 @@ def build_pod(  # noqa: PLR0917 - one argument per input of the pure function, a
 ) -> dict[str, Any]:
     """The pod of one attempt. `template` is the raw `spec.template`, `now` epoch seconds; nothing is mutated.
 
-    Raises `api.InvalidSpec` for a template the operator cannot run (see `check_template`).
+    Raises `models.InvalidSpec` for a template the operator cannot run (see `check_template`).
     """
     check_template(spec)
-    api.check_name(ref.name)
+    models.check_name(ref.name)
     # The raw template is what the pod is built from; it is checked too, in case it says more than the model.
     _check(template)
     name = pod_name(ref.name, request.attempt)
@@ -163,7 +164,7 @@ def build_pod(  # noqa: PLR0917 - one argument per input of the pure function, a
         pod_security["runAsUser"] = settings.default_run_as_user
     pod_spec["securityContext"] = pod_security
 
-    state_mount = {"name": api.STATE_VOLUME, "mountPath": api.STATE_DIR}
+    state_mount = {"name": models.STATE_VOLUME, "mountPath": models.STATE_DIR}
     session["env"] = [*(session.get("env") or []), *_session_env(ref, spec, request, now)]
     session["volumeMounts"] = [*(session.get("volumeMounts") or []), state_mount]
     session["terminationMessagePath"] = OUTCOME_PATH
@@ -175,7 +176,7 @@ def build_pod(  # noqa: PLR0917 - one argument per input of the pure function, a
 
     config = _supervisor_config(ref, spec, request.attempt, name if heartbeat_account else None)
     supervisor: dict[str, Any] = {
-        "name": api.SUPERVISOR_CONTAINER,
+        "name": models.SUPERVISOR_CONTAINER,
         "image": settings.supervisor_image,
         "imagePullPolicy": settings.supervisor_image_pull_policy,
         "restartPolicy": "Always",
@@ -189,7 +190,7 @@ def build_pod(  # noqa: PLR0917 - one argument per input of the pure function, a
     }
     volumes: list[dict[str, Any]] = [
         *(pod_spec.get("volumes") or []),
-        {"name": api.STATE_VOLUME, "emptyDir": {}},
+        {"name": models.STATE_VOLUME, "emptyDir": {}},
     ]
     if heartbeat_account is not None:
         # The pod's uid is known only once it is created: the downward API hands it to the supervisor.
@@ -217,7 +218,7 @@ def build_pod(  # noqa: PLR0917 - one argument per input of the pure function, a
             },
             "ownerReferences": [
                 {
-                    "apiVersion": api.API_VERSION,
+                    "apiVersion": models.API_VERSION,
                     "kind": "FleetDispatch",
                     "name": ref.name,
                     "uid": ref.uid,
@@ -236,7 +237,7 @@ def build_pod(  # noqa: PLR0917 - one argument per input of the pure function, a
 def _check(template: Mapping[str, Any]) -> None:
     problems = _problems(template)
     if problems:
-        raise api.InvalidSpec("; ".join(problems))
+        raise models.InvalidSpec("; ".join(problems))
 
 
 def _session_index(containers: list[Any]) -> int:
@@ -244,18 +245,19 @@ def _session_index(containers: list[Any]) -> int:
     if len(containers) == 1:
         return 0
     for index, container in enumerate(containers):
-        if container.get("name") == api.SESSION_CONTAINER:
+        if container.get("name") == models.SESSION_CONTAINER:
             return index
     if not containers:
-        raise api.InvalidSpec(f"{_TEMPLATE}.containers: the template needs a container, the session")
-    raise api.InvalidSpec(
-        f"{_TEMPLATE}.containers: with several containers, one must be named '{api.SESSION_CONTAINER}' (the "
-        "process tree the supervisor watches): rename the session's container"
+        raise models.InvalidSpec(f"{_TEMPLATE}.containers: the template needs a container, the session")
+    raise models.InvalidSpec(
+        f"{_TEMPLATE}.containers: with several containers, one must be named "
+        f"'{models.SESSION_CONTAINER}' (the process tree the supervisor watches): "
+        "rename the session's container"
     )
 
 
 def _problems(template: Mapping[str, Any]) -> list[str]:
-    """One clause per problem, as `api.describe` writes them (so no clause contains "; ")."""
+    """One clause per problem, as `models.describe` writes them (so no clause contains "; ")."""
     pod: Mapping[str, Any] = template.get("spec") or {}
     containers: list[Any] = pod.get("containers") or []
     session_index = _session_index(containers)
@@ -276,9 +278,9 @@ def _problems(template: Mapping[str, Any]) -> list[str]:
     for field, items in (("containers", containers), ("initContainers", pod.get("initContainers") or [])):
         for index, container in enumerate(items):
             where = f"{_TEMPLATE}.{field}[{index}]"
-            if container.get("name") == api.SUPERVISOR_CONTAINER:
+            if container.get("name") == models.SUPERVISOR_CONTAINER:
                 problems.append(
-                    f"{where}.name: the container name '{api.SUPERVISOR_CONTAINER}' is reserved for the "
+                    f"{where}.name: the container name '{models.SUPERVISOR_CONTAINER}' is reserved for the "
                     "injected supervisor sidecar, so rename the container"
                 )
             problems += _mount_problems(where, container)
@@ -313,9 +315,9 @@ def _mount_problems(where: str, container: Mapping[str, Any]) -> list[str]:
             )
         path = str(mount.get("mountPath") or "")
         normal = posixpath.normpath(path) if path else path
-        if normal == api.STATE_DIR or normal.startswith(api.STATE_DIR + "/"):
+        if normal == models.STATE_DIR or normal.startswith(models.STATE_DIR + "/"):
             problems.append(
-                f"{where}.volumeMounts[{index}].mountPath: {path!r} is inside {api.STATE_DIR}, the shared "
+                f"{where}.volumeMounts[{index}].mountPath: {path!r} is inside {models.STATE_DIR}, the shared "
                 "state directory the operator mounts, so mount the volume elsewhere"
             )
     return problems
@@ -362,13 +364,13 @@ def _literal(value: str) -> str:
 
 
 def _session_env(
-    ref: DispatchRef, spec: api.FleetDispatchSpec, request: AttemptRequest, now: float
+    ref: DispatchRef, spec: models.FleetDispatchSpec, request: AttemptRequest, now: float
 ) -> list[dict[str, str]]:
     values = [
         (protocol.ENV_DISPATCH, f"{ref.namespace}/{ref.name}"),
         (protocol.ENV_ATTEMPT, str(request.attempt)),
         (protocol.ENV_SESSION_DEADLINE, str(int(now + spec.timeouts.deadline_seconds))),
-        (protocol.ENV_STATE_DIR, api.STATE_DIR),
+        (protocol.ENV_STATE_DIR, models.STATE_DIR),
     ]
     if request.resume:
         values.append((protocol.ENV_RESUME, "1"))
@@ -403,7 +405,7 @@ def _token_volume() -> dict[str, Any]:
 
 
 def _supervisor_config(
-    ref: DispatchRef, spec: api.FleetDispatchSpec, attempt: int, heartbeat_pod: str | None
+    ref: DispatchRef, spec: models.FleetDispatchSpec, attempt: int, heartbeat_pod: str | None
 ) -> SupervisorConfig:
     timeouts, activity = spec.timeouts, spec.activity
     config = SupervisorConfig(
@@ -415,7 +417,7 @@ def _supervisor_config(
         cpu_percent_threshold=activity.cpu_percent_threshold,
         api_endpoints=tuple(activity.api_endpoints),
         output_paths=tuple(activity.output_paths),
-        state_dir=api.STATE_DIR,
+        state_dir=models.STATE_DIR,
         dispatch=f"{ref.namespace}/{ref.name}",
         attempt=str(attempt),
         report_file=SUPERVISOR_REPORT_PATH,

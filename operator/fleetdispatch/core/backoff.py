@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 
-from fleetdispatch.api import Backoff
+from fleetdispatch.api.models import Backoff
 
 
 def _fraction(seed: str) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fleetdispatch.api import Condition, ConditionStatus
+from fleetdispatch.api.models import Condition, ConditionStatus
 
 READY = "Ready"
 RECONCILING = "Reconciling"

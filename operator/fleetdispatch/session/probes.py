@@ -40,8 +40,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleetdispatch import protocol
-from fleetdispatch.deadline import Counters, Endpoint, ProcessKey, Sample
+from fleetdispatch.session import protocol
+from fleetdispatch.session.deadline import Counters, Endpoint, ProcessKey, Sample
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 TCP_ESTABLISHED = "01"

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fleetdispatch import protocol
+from fleetdispatch.session import protocol
 
 ANNOTATION_PREFIX = "fleet.dispatch.dev/"
 REQUEST_TIMEOUT_SECONDS = 5.0

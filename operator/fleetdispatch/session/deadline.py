@@ -43,7 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from fleetdispatch import protocol
+from fleetdispatch.session import protocol
 
 DEFAULT_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 ENV_TOKEN_FILE = "FLEET_TOKEN_FILE"

@@ -43,13 +43,14 @@ from typing import Any
 
 import kopf
 
-from fleetdispatch import api, lifecycle, podspec, quota
-from fleetdispatch.api import DISPATCH_LABEL, FleetDispatchSpec, FleetDispatchStatus, InvalidSpec
-from fleetdispatch.kubeapi import MERGE_PATCH, SERVICE_ACCOUNT_TOKEN, ApiError, Credentials, KubeApi
-from fleetdispatch.metrics import Metrics
-from fleetdispatch.metrics import serve as serve_metrics
-from fleetdispatch.podstatus import PodView, observe, parse_time
-from fleetdispatch.settings import OperatorSettings
+from fleetdispatch.api import models
+from fleetdispatch.api.models import DISPATCH_LABEL, FleetDispatchSpec, FleetDispatchStatus, InvalidSpec
+from fleetdispatch.api.settings import OperatorSettings
+from fleetdispatch.client.kubeapi import MERGE_PATCH, SERVICE_ACCOUNT_TOKEN, ApiError, Credentials, KubeApi
+from fleetdispatch.controller.metrics import Metrics
+from fleetdispatch.controller.metrics import serve as serve_metrics
+from fleetdispatch.core import lifecycle, podspec, quota
+from fleetdispatch.core.podstatus import PodView, observe, parse_time
 
 logger = logging.getLogger("fleetdispatch.controller")
 
@@ -271,7 +272,7 @@ class Controller:
             and seen[1] == (c.running, c.waiting, c.requeued)
         ):
             return
-        path = f"/apis/{api.API_VERSION}/namespaces/{key[0]}/quotapools/{key[1]}/status"
+        path = f"/apis/{models.API_VERSION}/namespaces/{key[0]}/quotapools/{key[1]}/status"
         try:
             await self.api.request("PATCH", path, {"status": status}, content_type=MERGE_PATCH)
         except ApiError as error:
@@ -347,7 +348,7 @@ class Controller:
 
     def _parse(self, name: str, raw: Any) -> ParsedSpec:
         try:
-            api.check_name(name)
+            models.check_name(name)
         except InvalidSpec as error:
             return ParsedSpec(None, {}, str(error))
         digest = hashlib.blake2b(json.dumps(raw, sort_keys=True).encode(), digest_size=16).digest()
@@ -355,7 +356,7 @@ class Controller:
         if parsed is None:
             template = (raw or {}).get("template") or {} if isinstance(raw, Mapping) else {}
             try:
-                spec = api.parse_spec(raw)
+                spec = models.parse_spec(raw)
                 podspec.check_template(spec)
             except InvalidSpec as error:
                 parsed = ParsedSpec(None, template, str(error))
@@ -428,7 +429,7 @@ class Controller:
             await self._delete_pod(key[0], name)
         patch = status_patch(cached.status, decision.status)
         if patch:
-            path = f"/apis/{api.API_VERSION}/namespaces/{key[0]}/{PLURAL}/{key[1]}/status"
+            path = f"/apis/{models.API_VERSION}/namespaces/{key[0]}/{PLURAL}/{key[1]}/status"
             request = {"metadata": {"resourceVersion": cached.resource_version}, "status": patch}
             try:
                 response = await self.api.request("PATCH", path, request, content_type=MERGE_PATCH)
@@ -437,7 +438,7 @@ class Controller:
                     return
                 if error.status == 409:  # decided on a stale view: read it again, decide again
                     fresh = await self.api.request(
-                        "GET", f"/apis/{api.API_VERSION}/namespaces/{key[0]}/{PLURAL}/{key[1]}"
+                        "GET", f"/apis/{models.API_VERSION}/namespaces/{key[0]}/{PLURAL}/{key[1]}"
                     )
                     self.remember(key, fresh)
                     self.enqueue(key)
@@ -522,7 +523,7 @@ class Controller:
             "kind": "Event",
             "metadata": {"generateName": f"{dispatch.name}.", "namespace": dispatch.namespace},
             "involvedObject": {
-                "apiVersion": api.API_VERSION,
+                "apiVersion": models.API_VERSION,
                 "kind": "FleetDispatch",
                 "name": dispatch.name,
                 "namespace": dispatch.namespace,
@@ -564,7 +565,7 @@ class Runtime:
                 raise kopf.TemporaryError("not logged in yet", delay=1)
             kube = KubeApi(
                 self.credentials,
-                user_agent=f"{COMPONENT}/{api.VERSION}",
+                user_agent=f"{COMPONENT}/{models.VERSION}",
                 on_response=lambda verb, code: self.metrics.api_requests.labels(verb, str(code)).inc(),
             )
 
@@ -598,9 +599,9 @@ async def _startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None
     # mode, so kopf does not retry the forbidden list of CRDs for a minute, logging errors, at every start.
     # The CRDs are found by the initial discovery; the namespaces are the watched ones, by exact name.
     settings.scanning.disabled = True
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
-    settings.persistence.diffbase_storage = _NoDiffBase(prefix=api.GROUP, key="last-handled-configuration")
-    settings.persistence.finalizer = f"{api.GROUP}/kopf-finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=models.GROUP)
+    settings.persistence.diffbase_storage = _NoDiffBase(prefix=models.GROUP, key="last-handled-configuration")
+    settings.persistence.finalizer = f"{models.GROUP}/kopf-finalizer"
     settings.persistence.consistency_timeout = 30
     settings.watching.server_timeout = options.watch_timeout_seconds
     settings.watching.client_timeout = options.watch_timeout_seconds + 30
@@ -644,13 +645,13 @@ async def _pod_event(
     memo.runtime.controller_for(kwargs).saw_pod(str(namespace), name, labels[DISPATCH_LABEL])
 
 
-@kopf.on.event(api.GROUP, api.VERSION, PLURAL)
+@kopf.on.event(models.GROUP, models.VERSION, PLURAL)
 async def _dispatch_event(event: kopf.RawEvent, memo: Any, **kwargs: Any) -> None:
     controller = memo.runtime.controller_for(kwargs)
     controller.saw_dispatch(event["object"], deleted=event.get("type") == "DELETED")
 
 
-@kopf.index(api.GROUP, api.VERSION, "quotapools")
+@kopf.index(models.GROUP, models.VERSION, "quotapools")
 async def fleet_pools(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, quota.Pool]:
     spec, status = body.get("spec") or {}, body.get("status") or {}
     maximum = spec.get("maxConcurrent")
@@ -662,7 +663,7 @@ async def fleet_pools(namespace: str | None, name: str, body: kopf.Body, **_: An
     return {(str(namespace), name): pool}
 
 
-@kopf.on.event(api.GROUP, api.VERSION, "quotapools")
+@kopf.on.event(models.GROUP, models.VERSION, "quotapools")
 async def _pool_event(event: kopf.RawEvent, memo: Any, **kwargs: Any) -> None:
     body = event["object"]
     meta = body.get("metadata") or {}

@@ -60,12 +60,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
-from fleetdispatch import backoff, classify, conditions
-from fleetdispatch.api import AttemptRecord, FleetDispatchSpec, FleetDispatchStatus, Phase
-from fleetdispatch.classify import Outcome
-from fleetdispatch.podspec import AttemptRequest, pod_name
-from fleetdispatch.podstatus import PodView, parse_time
-from fleetdispatch.quota import Gate
+from fleetdispatch.api.models import AttemptRecord, FleetDispatchSpec, FleetDispatchStatus, Phase
+from fleetdispatch.core import backoff, classify, conditions
+from fleetdispatch.core.classify import Outcome
+from fleetdispatch.core.podspec import AttemptRequest, pod_name
+from fleetdispatch.core.podstatus import PodView, parse_time
+from fleetdispatch.core.quota import Gate
 
 TERMINAL: frozenset[Phase] = frozenset({"Succeeded", "Failed"})
 IN_FLIGHT: frozenset[Phase] = frozenset({"Pending", "Running"})

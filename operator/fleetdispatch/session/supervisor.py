@@ -35,8 +35,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol, TextIO
 
-from fleetdispatch import protocol
-from fleetdispatch.deadline import (
+from fleetdispatch.session import protocol
+from fleetdispatch.session.deadline import (
     Continue,
     ProcessKey,
     Sample,
@@ -49,8 +49,8 @@ from fleetdispatch.deadline import (
     initial_state,
     next_check,
 )
-from fleetdispatch.heartbeat import Heartbeat, LeaseStatus
-from fleetdispatch.probes import SessionProbe
+from fleetdispatch.session.heartbeat import Heartbeat, LeaseStatus
+from fleetdispatch.session.probes import SessionProbe
 
 PR_SET_DUMPABLE = 4
 # While waiting for stopped processes to exit, look this often (or each poll, when polls are shorter).
