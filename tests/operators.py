@@ -13,10 +13,9 @@ import json
 import signal
 import socket
 import subprocess
-import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from fleetdispatch.devcluster.stack import (
     stop_operator,
 )
 from kube import ApiError, Kube
+from waiting import eventually
 
 DISPATCHES = f"/apis/{GROUP}/{VERSION}"
 _METHODS = {
@@ -46,17 +46,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def eventually(check: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still false after {timeout} s: {what or check}")
-        time.sleep(0.05)
 
 
 class OperatorProcess:

@@ -24,7 +24,8 @@ import pytest
 from fleetdispatch.devcluster.stack import BackgroundCluster
 from fleetdispatch.validation import manifests
 from kube import Kube
-from operators import Namespace, OperatorProcess, eventually, running, terminated
+from operators import Namespace, OperatorProcess, running, terminated
+from waiting import eventually
 
 
 def _schemaless_crd() -> dict[str, Any]:

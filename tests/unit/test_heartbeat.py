@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_supervisor_loop import Clock, ScriptedProbe
 
 from fleetdispatch.session.deadline import SupervisorConfig
 from fleetdispatch.session.heartbeat import Heartbeat, LeaseStatus
 from fleetdispatch.session.supervisor import Supervisor
-from test_supervisor_loop import Clock, ScriptedProbe
+from waiting import eventually
 
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/team/leases"
 
@@ -98,12 +99,9 @@ def test_the_lease_is_created_then_renewed(tmp_path: Path, api_server: FakeApiSe
     beat = heartbeat(tmp_path, api_server.url)
     beat.start()
     beat.update(LeaseStatus(deadline=1_800_000_000, last_activity=1_799_999_990, activity_reason="cpu"))
-    deadline = time.monotonic() + 10
-    while len(api_server.requests) < 3 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    eventually(lambda: len(api_server.requests) >= 3, 10, "GET, POST, PATCH")
     beat.update(LeaseStatus(deadline=1_800_000_060, activity_reason="output", last_output=1_800_000_000))
-    while (api_server.lease is None or len(api_server.requests) < 5) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    eventually(lambda: api_server.lease is not None and len(api_server.requests) >= 5, 10, "two more writes")
     methods = [(method, path) for method, path, _, _ in api_server.requests]
     assert methods[:3] == [("GET", f"{LEASES}/job-1"), ("POST", LEASES), ("PATCH", f"{LEASES}/job-1")]
     assert all(auth == "Bearer secret-token" for _, _, auth, _ in api_server.requests)
@@ -208,9 +206,7 @@ def test_the_lease_is_owned_by_its_pod_when_the_uid_is_known(
     beat = heartbeat(tmp_path, api_server.url, pod_uid="uid-123")
     beat.start()
     beat.update(LeaseStatus(deadline=1_800_000_000))
-    deadline = time.monotonic() + 10
-    while len(api_server.requests) < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    eventually(lambda: len(api_server.requests) >= 2, 10, "GET, POST")
     created = api_server.requests[1][3]
     assert created["metadata"]["ownerReferences"] == [
         {"apiVersion": "v1", "kind": "Pod", "name": "job-1", "uid": "uid-123"}

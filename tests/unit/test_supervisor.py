@@ -17,7 +17,8 @@ from collections.abc import Iterator
 import pytest
 
 from fleetdispatch.session import protocol
-from sessions import BUSY, SLEEP, Sessions, alive, exited, flags, wait_until
+from sessions import BUSY, SLEEP, Sessions, alive, exited, flags
+from waiting import eventually
 
 # A CPU threshold no process reaches: isolates the signal a test is about from the interpreter's start-up.
 NO_CPU = 10000
@@ -44,9 +45,9 @@ def test_a_busy_session_is_extended_then_stopped_at_the_cap(session: Sessions) -
     busy = session.spawn(BUSY)
     started = time.monotonic()
     supervisor = session.supervise(*flags(deadline_seconds=1, max_extension_seconds=1, idle_output_seconds=0))
-    wait_until(lambda: published_deadline(session) is not None, timeout=10)
+    eventually(lambda: published_deadline(session) is not None, 10)
     initial = published_deadline(session)
-    wait_until(exited(busy), timeout=2 + 10)
+    eventually(exited(busy), 2 + 10)
     lived = time.monotonic() - started
     assert lived >= 2.0, "stopped before the cap: the extension did not happen"
     assert lived <= 2.0 + SLACK + 1.0  # + the supervisor's own start-up
@@ -78,7 +79,7 @@ def test_a_sleeping_session_is_stopped_at_the_deadline_and_nothing_else_is_signa
             deadline_seconds=1, max_extension_seconds=10, idle_output_seconds=0, cpu_percent_threshold=NO_CPU
         )
     )
-    wait_until(exited(sleeper), timeout=10)
+    eventually(exited(sleeper), 10)
     assert 1.0 <= time.monotonic() - started <= 1.0 + SLACK + 1.0
     assert supervisor.wait() == 0
     assert supervisor.named("extended") == []
@@ -169,7 +170,7 @@ def test_output_resets_the_idle_timer(session: Sessions, target: str) -> None:
             deadline_seconds=30, idle_output_seconds=1, cpu_percent_threshold=NO_CPU, output_path="transcript"
         )
     )
-    wait_until(exited(writer), timeout=15)
+    eventually(exited(writer), 15)
     assert time.monotonic() - started >= 2.0 + 1.0 - 0.3, "stopped while the session was still writing"
     assert supervisor.wait() == 0
     written = outcome(session)
@@ -193,7 +194,7 @@ os.wait()
 def test_a_daemonised_grandchild_is_found_and_stopped(session: Sessions) -> None:
     parent = session.spawn(DAEMON)
     pid_file = session.state_dir / "grandchild.pid"
-    wait_until(lambda: pid_file.exists() and pid_file.read_text() != "", timeout=10)
+    eventually(lambda: pid_file.exists() and pid_file.read_text() != "", 10)
     grandchild = int(pid_file.read_text())
     session.adopt(grandchild)
     parent.wait(timeout=10)  # the session's own process is gone: only the daemon is left
@@ -212,13 +213,13 @@ def test_a_session_that_ignores_term_is_killed_after_the_grace(session: Sessions
         "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); open('ready', 'w').close(); "
         "signal.pause()"
     )
-    wait_until((session.state_dir / "ready").exists, timeout=10)
+    eventually((session.state_dir / "ready").exists, 10)
     supervisor = session.supervise(
         *flags(deadline_seconds=1, max_extension_seconds=0, idle_output_seconds=0, kill_grace_seconds=1)
     )
-    wait_until(lambda: bool(supervisor.named("stop")), timeout=10)
+    eventually(lambda: bool(supervisor.named("stop")), 10)
     stopped = time.monotonic()
-    wait_until(exited(stubborn), timeout=10)
+    eventually(exited(stubborn), 10)
     assert 1.0 - 0.2 <= time.monotonic() - stopped <= 1.0 + SLACK
     assert stubborn.returncode == -signal.SIGKILL
     assert supervisor.wait() == 0
@@ -262,10 +263,12 @@ def test_the_outcome_a_session_wrote_is_left_alone(session: Sessions) -> None:
 def test_sigterm_ends_the_supervisor_at_once_and_leaves_the_session_to_the_kubelet(session: Sessions) -> None:
     sleeper = session.spawn(SLEEP)
     supervisor = session.supervise(*flags(deadline_seconds=30, poll_seconds=5))
-    wait_until(lambda: bool(supervisor.named("start")), timeout=10)
+    eventually(lambda: bool(supervisor.named("start")), 10)
     time.sleep(0.3)  # into its first sleep between polls
+    signalled = time.monotonic()
     supervisor.process.send_signal(signal.SIGTERM)
-    assert wait_until(exited(supervisor.process), timeout=5) < 1.0
+    eventually(exited(supervisor.process), 5)
+    assert time.monotonic() - signalled < 1.0
     assert supervisor.process.returncode == 0
     assert sleeper.poll() is None
     assert "terminated" in str(supervisor.named("exit")[-1]["reason"])
@@ -281,7 +284,7 @@ def test_the_supervisor_marks_itself_non_dumpable(session: Sessions) -> None:
     assert checked.stdout == "0\n"
     session.spawn(SLEEP)
     supervisor = session.supervise(*flags(deadline_seconds=30))
-    wait_until(lambda: bool(supervisor.named("start")), timeout=10)
+    eventually(lambda: bool(supervisor.named("start")), 10)
     supervisor.process.send_signal(signal.SIGTERM)
     assert supervisor.wait() == 0
     assert supervisor.named("warning") == []

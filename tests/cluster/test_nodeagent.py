@@ -32,7 +32,8 @@ from fleetdispatch.devcluster.nodeagent import DEFAULT_NODE, MAX_TERMINATION_MES
 from fleetdispatch.devcluster.stack import BackgroundCluster
 from kube import ApiError
 from kubectl import Kubectl, needs_kubectl
-from operators import Namespace, eventually
+from operators import Namespace
+from waiting import eventually
 
 _names = itertools.count()
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"

@@ -15,7 +15,7 @@ import yaml
 
 from fleetdispatch.validation import manifests
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = ROOT / ".tools" / "bin" / "kubectl"
 
 

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from test_podstatus import T0, make_pod, outcome, running, terminated, ts, waiting
 
 from fleetdispatch.api.models import (
     SUPERVISOR_CONTAINER,
@@ -26,7 +27,6 @@ from fleetdispatch.core import backoff
 from fleetdispatch.core.lifecycle import TERMINAL, Decision, Dispatch, Event, Limits, backstop_at, reconcile
 from fleetdispatch.core.podspec import AttemptRequest, pod_name
 from fleetdispatch.core.podstatus import observe
-from test_podstatus import T0, make_pod, outcome, running, terminated, ts, waiting
 
 UID = "uid-1"
 NO_JITTER = {"baseSeconds": 10, "maxSeconds": 600, "jitterPercent": 0}

@@ -30,9 +30,10 @@ from fleetdispatch.devcluster.nodeagent import KUBELET_VERSION
 from fleetdispatch.devcluster.stack import BackgroundCluster
 from fleetdispatch.session.deadline import SupervisorConfig
 from kubectl import Kubectl, needs_kubectl
-from operators import Namespace, eventually
+from operators import Namespace
+from waiting import eventually
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FLEETDISPATCH = Path(sys.executable).parent / "fleetdispatch"  # the console script a user runs
 _names = itertools.count()
 

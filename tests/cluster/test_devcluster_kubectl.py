@@ -16,7 +16,7 @@ from fleetdispatch.devcluster.stack import BackgroundCluster
 from kubectl import Kubectl, needs_kubectl
 from operators import Namespace
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = needs_kubectl
 _names = itertools.count()

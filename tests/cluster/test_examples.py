@@ -22,9 +22,10 @@ from fleetdispatch.api import models
 from fleetdispatch.devcluster.stack import BackgroundCluster
 from fleetdispatch.validation import manifests
 from kubectl import Kubectl, needs_kubectl
-from operators import Namespace, OperatorProcess, eventually
+from operators import Namespace, OperatorProcess
+from waiting import eventually
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").rglob("*.yaml"))
 OURS = [
     (path, index, doc)

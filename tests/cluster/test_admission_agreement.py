@@ -33,7 +33,7 @@ from operators import Namespace
 
 pytestmark = needs_kubectl
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 INVALID = ROOT / "tests" / "invalid"
 CREATES = sorted(INVALID.glob("*.yaml"))
 UPDATES = sorted((INVALID / "updates").glob("*.yaml"))

@@ -23,9 +23,10 @@ import pytest
 from lupa import lua51
 
 import kstatus
-from operators import Namespace, OperatorProcess, eventually, running, terminated
+from operators import Namespace, OperatorProcess, running, terminated
+from waiting import eventually
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HEALTH_LUA = ROOT / "charts" / "fleet-dispatch" / "health" / "fleetdispatch.lua"
 
 # What each phase looks like to each tool. kstatus has no Suspended: see the module docstring.

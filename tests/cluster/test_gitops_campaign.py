@@ -28,11 +28,12 @@ import yaml
 
 from fleetdispatch.devcluster.stack import BackgroundCluster
 from kubectl import Kubectl, needs_kubectl
-from operators import Namespace, eventually
+from operators import Namespace
+from waiting import eventually
 
 pytestmark = needs_kubectl
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CAMPAIGN = ROOT / "tests" / "gitops" / "campaign"
 SELECTOR = "fleet.dispatch.dev/campaign=gitops-test"
 PRUNE = (

@@ -14,7 +14,8 @@ from typing import Any
 
 from fleetdispatch.devcluster.stack import BackgroundCluster
 from kubectl import Kubectl, needs_kubectl
-from operators import Namespace, eventually
+from operators import Namespace
+from waiting import eventually
 
 FAST_RETRY = {"maxAttempts": 2, "backoff": {"baseSeconds": 1, "maxSeconds": 1, "jitterPercent": 0}}
 

@@ -18,9 +18,10 @@ import pytest
 from fleetdispatch.api.models import GROUP
 from fleetdispatch.devcluster.stack import BackgroundCluster
 from kubectl import Kubectl, needs_kubectl
-from operators import Namespace, eventually
+from operators import Namespace
+from waiting import eventually
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CRDS = ROOT / "crds"
 MINIMAL = ROOT / "examples" / "minimal.yaml"
 _LAST_APPLIED = "is missing the kubectl.kubernetes.io/last-applied-configuration annotation"

@@ -46,9 +46,10 @@ from fleetdispatch.session import protocol
 from fleetdispatch.session.heartbeat import ANNOTATION_PREFIX, Heartbeat, LeaseStatus
 from fleetdispatch.validation import manifests
 from kube import ApiError, Kube
-from operators import Namespace, eventually, running, running_operator, terminated
+from operators import Namespace, running, running_operator, terminated
+from waiting import eventually
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "fleet-dispatch"
 TOOLS = ROOT / ".tools" / "bin"
 HELM = TOOLS / "helm"

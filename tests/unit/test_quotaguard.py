@@ -22,7 +22,7 @@ from fleetdispatch.core.podstatus import PodView, Termination
 from fleetdispatch.session import protocol, quotaguard
 from fleetdispatch.session.quotaguard import Plan, parse_reset_at, parse_reset_in, plan
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HOOK = ROOT / "examples" / "hooks" / "quota-hook.sh"
 T = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 GUARD = f"{sys.executable} -m fleetdispatch.session.quotaguard"

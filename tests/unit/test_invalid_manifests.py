@@ -17,7 +17,7 @@ import pytest
 from fleetdispatch import cli
 from fleetdispatch.validation import manifests
 
-FOLDER = Path(__file__).resolve().parent / "invalid"
+FOLDER = Path(__file__).resolve().parents[1] / "invalid"
 CREATES = sorted(FOLDER.glob("*.yaml"))
 UPDATES = sorted((FOLDER / "updates").glob("*.yaml"))
 

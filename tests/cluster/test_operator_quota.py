@@ -11,10 +11,11 @@ import time
 from typing import Any
 
 import pytest
+from test_operator_restarts import _now, _spec
 
 from fleetdispatch.api.models import API_VERSION, GROUP, VERSION
-from operators import Namespace, eventually, terminated
-from test_operator_restarts import _now, _spec
+from operators import Namespace, terminated
+from waiting import eventually
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from fleetdispatch.session.deadline import Counters
 from fleetdispatch.session.probes import SessionProbe, established_inodes
-from sessions import SLEEP, Sessions, wait_until
+from sessions import SLEEP, Sessions
+from waiting import eventually
 
 CONNECT = "import signal, socket; s = socket.create_connection(('127.0.0.1', {port})); signal.pause()"
 
@@ -28,7 +29,7 @@ def test_session_processes_are_those_with_this_attempts_marker(session: Sessions
     other_attempt = session.spawn(SLEEP, attempt="2")
     unmarked = session.spawn(SLEEP, marker=False)
     probe = probe_for(session)
-    wait_until(lambda: mine.pid in pids(probe), timeout=10)
+    eventually(lambda: mine.pid in pids(probe), 10)
     found = pids(probe)
     assert other_attempt.pid not in found and unmarked.pid not in found
     assert os.getpid() not in found
@@ -50,14 +51,14 @@ signal.pause()
 def test_counters_grow_with_cpu_and_writes(session: Sessions) -> None:
     worker = session.spawn(WORK_ON_SIGNAL)
     probe = probe_for(session)
-    wait_until(lambda: worker.pid in pids(probe), timeout=10)
+    eventually(lambda: worker.pid in pids(probe), 10)
 
     def counters() -> Counters:
         return next(c for (pid, _), c in probe.sample().processes.items() if pid == worker.pid)
 
     before = counters()
     (session.state_dir / "go").touch()
-    wait_until((session.state_dir / "done").exists, timeout=10)
+    eventually((session.state_dir / "done").exists, 10)
     after = counters()
     assert after.cpu_seconds - before.cpu_seconds >= 0.2
     assert before.write_chars is not None and after.write_chars is not None
@@ -67,8 +68,8 @@ def test_counters_grow_with_cpu_and_writes(session: Sessions) -> None:
 def test_a_vanished_process_is_skipped_and_a_zombie_is_gone(session: Sessions) -> None:
     short = session.spawn("import time; time.sleep(0.3)")
     probe = probe_for(session)
-    wait_until(lambda: short.pid in pids(probe), timeout=10)
-    wait_until(lambda: short.pid not in pids(probe), timeout=10)  # exited, a zombie until reaped
+    eventually(lambda: short.pid in pids(probe), 10)
+    eventually(lambda: short.pid not in pids(probe), 10)  # exited, a zombie until reaped
     short.wait()
     assert short.pid not in pids(probe)
 
@@ -85,7 +86,7 @@ def test_a_connection_to_an_endpoint_is_found_through_the_socket_table(session: 
             session, api_endpoints=[f"api.test:{port}"], resolver=lambda host, port: ["127.0.0.1"]
         )
         elsewhere = probe_for(session, api_endpoints=[f"127.0.0.1:{other_port}", f"[::1]:{port}"])
-        wait_until(lambda: by_address.sample().api_connection, timeout=10)
+        eventually(lambda: by_address.sample().api_connection, 10)
         assert by_port.sample().api_connection
         assert not by_name.sample().api_connection  # the name is not resolved yet: it matches nothing
         by_name.resolve()
@@ -114,7 +115,7 @@ def test_a_failing_resolver_keeps_the_addresses_it_had(session: Sessions) -> Non
         session.spawn(CONNECT.format(port=port))
         probe = probe_for(session, api_endpoints=[f"api.test:{port}"], resolver=resolver)
         probe.resolve()
-        wait_until(lambda: probe.sample().api_connection, timeout=10)
+        eventually(lambda: probe.sample().api_connection, 10)
         probe.resolve()
         assert probe.sample().api_connection
     finally:
@@ -132,7 +133,7 @@ def test_signal_reaches_only_session_processes(session: Sessions) -> None:
     mine = session.spawn(SLEEP)
     unmarked = session.spawn(SLEEP, marker=False)
     probe = probe_for(session)
-    wait_until(lambda: mine.pid in pids(probe), timeout=10)
+    eventually(lambda: mine.pid in pids(probe), 10)
     [key] = [key for key in probe.session_processes() if key[0] == mine.pid]
     assert not probe.signal((unmarked.pid, key[1]), signal.SIGTERM)
     assert not probe.signal((mine.pid, key[1] + 1), signal.SIGTERM)  # same pid, another process
