@@ -13,6 +13,7 @@ import json
 import signal
 import socket
 import subprocess
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from fleetdispatch.devcluster.stack import (
     start_operator,
     stop_operator,
 )
+from fleetdispatch.session import protocol
 from kube import ApiError, Kube
 from waiting import eventually
 
@@ -257,3 +259,18 @@ def terminated(
         "startTime": started,
         "containerStatuses": [{"name": "session", "state": {"terminated": state}}],
     }
+
+
+def now_rfc3339(offset: float = 0) -> str:
+    """Now (plus `offset` seconds) as the API server writes a time."""
+    return protocol.format_time(time.time() + offset)
+
+
+def dispatch_spec(**overrides: Any) -> dict[str, Any]:
+    """A small spec that runs `true`, retried at once: override what a test is about."""
+    spec: dict[str, Any] = {
+        "template": {"spec": {"containers": [{"name": "session", "image": "busybox", "command": ["true"]}]}},
+        "retry": {"maxAttempts": 3, "backoff": {"baseSeconds": 1, "maxSeconds": 1, "jitterPercent": 0}},
+    }
+    spec.update(overrides)
+    return spec

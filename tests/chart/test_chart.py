@@ -747,7 +747,7 @@ def test_the_supervisor_heartbeat_under_the_charts_role_is_never_refused(
             annotations = Kube(cluster.dev).get(lease)["metadata"]["annotations"]
         except ApiError:
             return False
-        return bool(annotations.get(f"{ANNOTATION_PREFIX}deadline") == protocol.rfc3339(deadline))
+        return bool(annotations.get(f"{ANNOTATION_PREFIX}deadline") == protocol.format_time(deadline))
 
     try:
         beat.start()

@@ -11,10 +11,9 @@ import time
 from typing import Any
 
 import pytest
-from test_operator_restarts import _now, _spec
 
 from fleetdispatch.api.models import API_VERSION, GROUP, VERSION
-from operators import Namespace, terminated
+from operators import Namespace, dispatch_spec, now_rfc3339, terminated
 from waiting import eventually
 
 
@@ -46,15 +45,15 @@ def _live_pods(ns: Namespace) -> list[str]:
 
 
 def _pooled(pool: str, **overrides: Any) -> dict[str, Any]:
-    return _spec(quotaPool=pool, **overrides)
+    return dispatch_spec(quotaPool=pool, **overrides)
 
 
 def test_one_members_exhaustion_holds_the_pool_until_the_reset(ns: Namespace) -> None:
     _create_pool(ns, "shared")
     ns.create("first", _pooled("shared"))
     eventually(lambda: _live_pods(ns) == ["first-1"], what="the first pod")
-    outcome = {"reason": "QuotaExhausted", "resetAt": _now(4), "resumeToken": "s-1"}
-    ns.pod_status("first-1", terminated(_now(), 75, json.dumps(outcome)))
+    outcome = {"reason": "QuotaExhausted", "resetAt": now_rfc3339(4), "resumeToken": "s-1"}
+    ns.pod_status("first-1", terminated(now_rfc3339(), 75, json.dumps(outcome)))
     ns.wait_phase("first", "Requeued")
     eventually(lambda: _pool_status(ns, "shared").get("exhaustedUntil"), 5, "the pool records the reset")
     assert _pool_status(ns, "shared")["exhaustedBy"] == "first"
@@ -91,7 +90,7 @@ def test_max_concurrent_admits_in_creation_order_and_never_runs_more(ns: Namespa
         if not live:
             break
         oldest = live[0]
-        ns.pod_status(oldest, terminated(_now(), 0, reason="Completed"))
+        ns.pod_status(oldest, terminated(now_rfc3339(), 0, reason="Completed"))
         finished.append(oldest)
         eventually(lambda: oldest not in _live_pods(ns), 5, f"{oldest} ended")  # noqa: B023 (called now)
         eventually(lambda: len(_live_pods(ns)) == min(2, 5 - len(finished)), 10, "the next admitted")
@@ -113,11 +112,11 @@ def test_deleting_a_pool_releases_its_dispatches(ns: Namespace) -> None:
 
 
 def test_a_reset_too_far_away_is_waited_for_the_longest_wait_only(ns: Namespace) -> None:
-    ns.create("far", _spec())
+    ns.create("far", dispatch_spec())
     eventually(lambda: _live_pods(ns) == ["far-1"])
     outcome = {"reason": "QuotaExhausted", "resetAt": "2099-01-01T00:00:00Z"}
-    ns.pod_status("far-1", terminated(_now(), 75, json.dumps(outcome)))
+    ns.pod_status("far-1", terminated(now_rfc3339(), 75, json.dumps(outcome)))
     status = ns.wait_phase("far", "Requeued")
     # Within the operator's longest wait (24 h by default), not at the session's far-away reset.
-    assert _now(23 * 3600) < status["requeueAt"] <= _now(24 * 3600 + 60)
+    assert now_rfc3339(23 * 3600) < status["requeueAt"] <= now_rfc3339(24 * 3600 + 60)
     assert "longest quota wait" in status["message"]

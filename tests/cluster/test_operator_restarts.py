@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -24,7 +23,7 @@ import pytest
 from fleetdispatch.devcluster.stack import BackgroundCluster
 from fleetdispatch.validation import manifests
 from kube import Kube
-from operators import Namespace, OperatorProcess, running, terminated
+from operators import Namespace, OperatorProcess, dispatch_spec, now_rfc3339, running, terminated
 from waiting import eventually
 
 
@@ -59,19 +58,6 @@ def operator_args() -> tuple[str, ...]:
     return ("--backstop-margin-seconds=1",)
 
 
-def _now(offset: float = 0) -> str:
-    return (datetime.now(UTC) + timedelta(seconds=offset)).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _spec(**overrides: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "template": {"spec": {"containers": [{"name": "session", "image": "busybox", "command": ["true"]}]}},
-        "retry": {"maxAttempts": 3, "backoff": {"baseSeconds": 1, "maxSeconds": 1, "jitterPercent": 0}},
-    }
-    spec.update(overrides)
-    return spec
-
-
 def _pod_names(ns: Namespace) -> list[str]:
     return [p["metadata"]["name"] for p in ns.pods()]
 
@@ -79,9 +65,9 @@ def _pod_names(ns: Namespace) -> list[str]:
 def test_one_successful_dispatch_costs_at_most_six_writes(
     cluster: BackgroundCluster, operator: OperatorProcess, ns: Namespace
 ) -> None:
-    ns.create("budget", _spec())
+    ns.create("budget", dispatch_spec())
     eventually(lambda: _pod_names(ns) == ["budget-1"], what="the first pod")
-    started = _now()
+    started = now_rfc3339()
     ns.pod_status("budget-1", running(started))
     ns.wait_phase("budget", "Running")
     ns.pod_status("budget-1", terminated(started, 0, reason="Completed"))
@@ -96,7 +82,9 @@ def test_one_successful_dispatch_costs_at_most_six_writes(
 
 
 def test_eviction_is_retried_without_spending_attempts(operator: OperatorProcess, ns: Namespace) -> None:
-    ns.create("evicted", _spec(retry={"maxAttempts": 1, "backoff": {"baseSeconds": 1, "jitterPercent": 0}}))
+    ns.create(
+        "evicted", dispatch_spec(retry={"maxAttempts": 1, "backoff": {"baseSeconds": 1, "jitterPercent": 0}})
+    )
     eventually(lambda: _pod_names(ns) == ["evicted-1"])
     ns.pod_status(
         "evicted-1",
@@ -113,9 +101,9 @@ def test_a_pod_running_past_its_cap_is_deleted_as_supervisor_lost(
     operator: OperatorProcess, ns: Namespace
 ) -> None:
     timeouts = {"deadlineSeconds": 1, "maxExtensionSeconds": 0, "killGraceSeconds": 0, "idleOutputSeconds": 0}
-    ns.create("lost", _spec(timeouts=timeouts, activity={"pollSeconds": 1}))
+    ns.create("lost", dispatch_spec(timeouts=timeouts, activity={"pollSeconds": 1}))
     eventually(lambda: _pod_names(ns) == ["lost-1"])
-    ns.pod_status("lost-1", running(_now()))  # a supervisor that never stops the session
+    ns.pod_status("lost-1", running(now_rfc3339()))  # a supervisor that never stops the session
     status = ns.wait_phase("lost", "Backoff", 10)
     assert status["attempts"][0]["outcome"] == "SupervisorLost"
     assert "lost-1" not in _pod_names(ns) or ns.pod("lost-1")["metadata"].get("deletionTimestamp")
@@ -124,7 +112,7 @@ def test_a_pod_running_past_its_cap_is_deleted_as_supervisor_lost(
 def test_an_invalid_spec_that_slipped_past_the_crd_stalls_once_without_a_retry_storm(
     cluster: BackgroundCluster, operator: OperatorProcess, ns: Namespace
 ) -> None:
-    ns.create("broken", _spec(timeouts={"deadlineSeconds": "an hour"}))
+    ns.create("broken", dispatch_spec(timeouts={"deadlineSeconds": "an hour"}))
     status = ns.wait_phase("broken", "Failed")
     stalled = ns.condition("broken", "Stalled")
     assert stalled is not None and stalled["status"] == "True" and stalled["reason"] == "InvalidSpec"
@@ -137,7 +125,7 @@ def test_an_invalid_spec_that_slipped_past_the_crd_stalls_once_without_a_retry_s
 
 
 def test_restart_while_pending_creates_no_second_pod(operator: OperatorProcess, ns: Namespace) -> None:
-    ns.create("pending", _spec())
+    ns.create("pending", dispatch_spec())
     eventually(lambda: _pod_names(ns) == ["pending-1"])
     ns.wait_phase("pending", "Pending")
     operator.kill()
@@ -148,9 +136,9 @@ def test_restart_while_pending_creates_no_second_pod(operator: OperatorProcess, 
 
 
 def test_a_failure_while_the_operator_is_down_is_not_lost(operator: OperatorProcess, ns: Namespace) -> None:
-    ns.create("down", _spec())
+    ns.create("down", dispatch_spec())
     eventually(lambda: _pod_names(ns) == ["down-1"])
-    started = _now()
+    started = now_rfc3339()
     ns.pod_status("down-1", running(started))
     ns.wait_phase("down", "Running")
     operator.kill()
@@ -164,9 +152,9 @@ def test_a_failure_while_the_operator_is_down_is_not_lost(operator: OperatorProc
 
 
 def test_a_pod_created_just_before_a_crash_is_adopted(operator: OperatorProcess, ns: Namespace) -> None:
-    ns.create("adopt", _spec())
+    ns.create("adopt", dispatch_spec())
     eventually(lambda: _pod_names(ns) == ["adopt-1"])
-    started = _now()
+    started = now_rfc3339()
     ns.pod_status("adopt-1", running(started))
     ns.wait_phase("adopt", "Running")
     operator.kill()
@@ -190,10 +178,10 @@ def test_a_pod_created_just_before_a_crash_is_adopted(operator: OperatorProcess,
 
 
 def test_requeued_and_suspended_survive_a_restart(operator: OperatorProcess, ns: Namespace) -> None:
-    ns.create("quota", _spec())
+    ns.create("quota", dispatch_spec())
     eventually(lambda: _pod_names(ns) == ["quota-1"])
-    started = _now()
-    outcome = {"reason": "QuotaExhausted", "resetAt": _now(3), "resumeToken": "tok-1"}
+    started = now_rfc3339()
+    outcome = {"reason": "QuotaExhausted", "resetAt": now_rfc3339(3), "resumeToken": "tok-1"}
     ns.pod_status("quota-1", terminated(started, 75, json.dumps(outcome)))
     status = ns.wait_phase("quota", "Requeued")
     requeued = ns.condition("quota", "Requeued")
@@ -206,7 +194,7 @@ def test_requeued_and_suspended_survive_a_restart(operator: OperatorProcess, ns:
     assert env["FLEET_RESUME"] == "1" and env["FLEET_RESUME_TOKEN"] == "tok-1"
     assert ns.status("quota")["failures"] == 0
 
-    ns.patch_spec("quota", {"suspend": True})
+    ns.patchdispatch_spec("quota", {"suspend": True})
     ns.wait_phase("quota", "Suspended")
     eventually(lambda: "quota-2" not in _pod_names(ns), 5, "the suspended attempt's pod deleted")
     operator.kill()
@@ -214,16 +202,16 @@ def test_requeued_and_suspended_survive_a_restart(operator: OperatorProcess, ns:
     time.sleep(1)
     assert ns.status("quota")["phase"] == "Suspended"
     assert _pod_names(ns) == ["quota-1"]
-    ns.patch_spec("quota", {"suspend": False})
+    ns.patchdispatch_spec("quota", {"suspend": False})
     eventually(lambda: "quota-3" in _pod_names(ns), 10, "attempt 3 after unsuspending")
 
 
 def test_a_finished_dispatch_stays_finished_across_a_restart(
     cluster: BackgroundCluster, operator: OperatorProcess, ns: Namespace
 ) -> None:
-    ns.create("done", _spec())
+    ns.create("done", dispatch_spec())
     eventually(lambda: _pod_names(ns) == ["done-1"])
-    ns.pod_status("done-1", terminated(_now(), 0, reason="Completed"))
+    ns.pod_status("done-1", terminated(now_rfc3339(), 0, reason="Completed"))
     ns.wait_phase("done", "Succeeded")
     before = ns.dispatch("done")["metadata"]["resourceVersion"]
     operator.kill()
@@ -234,7 +222,7 @@ def test_a_finished_dispatch_stays_finished_across_a_restart(
 
 
 def test_metrics_and_liveness_are_served(operator: OperatorProcess, ns: Namespace) -> None:
-    ns.create("seen", _spec())
+    ns.create("seen", dispatch_spec())
     eventually(lambda: _pod_names(ns) == ["seen-1"])
     code, text = operator.get("/metrics")
     assert code == 200

@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_podstatus import T0, make_pod, outcome, running, terminated, waiting
 
 from fleetdispatch.api.models import FailurePolicy
 from fleetdispatch.core import classify
 from fleetdispatch.core.classify import Outcome, apply_policy, judge, lost, read_outcome
 from fleetdispatch.core.podstatus import observe
+from pods import T0, make_pod, outcome, running, terminated, waiting
 
 RESET = "2025-03-01T17:00:00Z"
 REPORT = {

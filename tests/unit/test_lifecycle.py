@@ -15,7 +15,6 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-from test_podstatus import T0, make_pod, outcome, running, terminated, ts, waiting
 
 from fleetdispatch.api.models import (
     SUPERVISOR_CONTAINER,
@@ -27,6 +26,7 @@ from fleetdispatch.core import backoff
 from fleetdispatch.core.lifecycle import TERMINAL, Decision, Dispatch, Event, Limits, backstop_at, reconcile
 from fleetdispatch.core.podspec import AttemptRequest, pod_name
 from fleetdispatch.core.podstatus import observe
+from pods import T0, exited, make_pod, outcome, running, terminated, ts, waiting
 
 UID = "uid-1"
 NO_JITTER = {"baseSeconds": 10, "maxSeconds": 600, "jitterPercent": 0}
@@ -116,28 +116,6 @@ def active(n: int, at: datetime, **extra: Any) -> dict[str, Any]:
         started=at,
         supervisor=running(at),
         session=running(at + s(2)),
-        **extra,
-    )
-
-
-def exited(
-    n: int,
-    code: int,
-    message: str | None = None,
-    *,
-    at: datetime = T0,
-    end: datetime | None = None,
-    stopping: bool = False,
-    **extra: Any,
-) -> dict[str, Any]:
-    """A pod whose session exited; `stopping`: its supervisor still runs, so the pod is still live."""
-    return make_pod(
-        f"job-{n}",
-        n,
-        phase="Running" if stopping else ("Succeeded" if code == 0 else "Failed"),
-        started=at,
-        supervisor=running(at) if stopping else terminated(0, started=at),
-        session=terminated(code, message=message, started=at + s(2), finished=end),
         **extra,
     )
 

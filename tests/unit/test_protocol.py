@@ -79,5 +79,5 @@ def test_resume_token_is_stripped_and_empty_means_none(tmp_path: Path) -> None:
 
 
 def test_rfc3339_is_utc_whole_seconds() -> None:
-    assert protocol.rfc3339(0.9) == "1970-01-01T00:00:00Z"
-    assert protocol.rfc3339(1_800_000_000) == "2027-01-15T08:00:00Z"
+    assert protocol.format_time(0.9) == "1970-01-01T00:00:00Z"
+    assert protocol.format_time(1_800_000_000) == "2027-01-15T08:00:00Z"

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from test_lifecycle import exited, outcome
-
 from fleetdispatch.api.models import FleetDispatchStatus, parse_spec
 from fleetdispatch.core import lifecycle, quota
 from fleetdispatch.core.podstatus import observe
+from pods import exited, outcome
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 

@@ -192,7 +192,7 @@ def test_waits_when_the_wait_fits(state: Path) -> None:
 
 def test_print_tells_the_wait_and_does_not_sleep(state: Path) -> None:
     deadline_in(state, 3600)
-    run = Run(state, reset=protocol.rfc3339(T + 300.2), print_only=True)
+    run = Run(state, reset=protocol.format_time(T + 300.2), print_only=True)
     assert (run.code, run.sleeps, run.out.getvalue()) == (0, [], "360\n")
     run = Run(state, reset_in="0.5", print_only=True)
     assert run.out.getvalue() == "61\n"  # whole seconds, rounded up, for `sleep "$(...)"`
@@ -302,8 +302,8 @@ def test_an_unparsable_reset_is_an_unknown_one_with_a_warning(
 
 def test_a_reset_in_the_past_waits_what_is_left_of_the_buffer(state: Path) -> None:
     deadline_in(state, 3600)
-    assert Run(state, reset=protocol.rfc3339(T - 10)).slept == 50
-    run = Run(state, reset=protocol.rfc3339(T - 3600))
+    assert Run(state, reset=protocol.format_time(T - 10)).slept == 50
+    run = Run(state, reset=protocol.format_time(T - 3600))
     assert (run.code, run.sleeps, run.err.getvalue()) == (0, [], "")
     # Even past the deadline: nothing to wait for is not a quota stop.
     deadline_in(state, -30)
@@ -445,7 +445,7 @@ def test_command_line_end_to_end(state: Path, command: list[str]) -> None:
     now = datetime.now(UTC).timestamp()
     protocol.write_atomic(state / protocol.DEADLINE_FILE, protocol.format_deadline(now + 600))
     (state / protocol.RESUME_TOKEN_FILE).write_text("session-42\n")
-    reset = protocol.rfc3339(now + 3600)
+    reset = protocol.format_time(now + 3600)
     stop = subprocess.run(
         [*command, "--reset-at", reset], env=_env(state), capture_output=True, text=True, check=False
     )
@@ -568,7 +568,7 @@ def test_hook_lets_the_tool_run_once_the_reset_has_passed(
     state: Path, live_state: Callable[[float], None]
 ) -> None:
     live_state(600)
-    passed = protocol.rfc3339(datetime.now(UTC).timestamp() - 120)
+    passed = protocol.format_time(datetime.now(UTC).timestamp() - 120)
     (state / "quota-reset").write_text(f" {passed}\r\n")  # as an editor on another system might leave it
     run = hook(state, CLAUDE_INPUT, QUOTA_HOOK_SESSION_TOKEN="0")
     assert (run.returncode, run.stdout) == (0, ""), run.stderr

@@ -87,7 +87,7 @@ def test_a_sleeping_session_is_stopped_at_the_deadline_and_nothing_else_is_signa
     written = outcome(session)
     assert written["reason"] == "DeadlineExceeded"
     assert written["resumeToken"] == "agent-session-42"
-    assert written["deadline"] == protocol.rfc3339(published_deadline(session) or 0)
+    assert written["deadline"] == protocol.format_time(published_deadline(session) or 0)
     assert "lastActivityTime" not in written
     assert "no activity seen" in str(written["message"])
     assert [e["processes"] for e in supervisor.named("signalled")] == [1]

@@ -172,8 +172,8 @@ def test_the_final_figures_are_reported_on_every_exit_after_the_session_was_seen
     assert supervisor(config(tmp_path, report_file=str(report)), clock, probe).run() == 0
     figures = json.loads(report.read_text())
     assert figures["activityReason"] == "cpu"
-    assert figures["deadlineCap"] == protocol.rfc3339(WALL_START + 30)
-    assert figures["deadline"] > protocol.rfc3339(WALL_START + 10)  # extended past the initial budget
+    assert figures["deadlineCap"] == protocol.format_time(WALL_START + 30)
+    assert figures["deadline"] > protocol.format_time(WALL_START + 10)  # extended past the initial budget
     # Stopped at the deadline: reported too. Terminated (the kubelet's TERM) after the session was seen: too.
     for ending in ("stop", "terminate"):
         clock, report = Clock(), tmp_path / f"{ending}.log"
@@ -184,4 +184,4 @@ def test_the_final_figures_are_reported_on_every_exit_after_the_session_was_seen
                 lambda loop=loop, clock=clock: loop.terminate() if clock.now >= 103 else None
             )
         assert loop.run() == 0
-        assert json.loads(report.read_text())["deadline"] == protocol.rfc3339(WALL_START + 10)
+        assert json.loads(report.read_text())["deadline"] == protocol.format_time(WALL_START + 10)

@@ -50,7 +50,9 @@ from fleetdispatch.client.kubeapi import MERGE_PATCH, SERVICE_ACCOUNT_TOKEN, Api
 from fleetdispatch.controller.metrics import Metrics
 from fleetdispatch.controller.metrics import serve as serve_metrics
 from fleetdispatch.core import lifecycle, podspec, quota
-from fleetdispatch.core.podstatus import PodView, observe, parse_time
+from fleetdispatch.core.podstatus import PodView, observe
+from fleetdispatch.session import protocol
+from fleetdispatch.session.protocol import parse_time
 
 logger = logging.getLogger("fleetdispatch.controller")
 
@@ -261,7 +263,7 @@ class Controller:
         if exhausted is not None and (known is None or exhausted[0] > known):
             # Remembered at once: the members that stop next for the same reset do not write it again.
             self._exhausted[key] = exhausted[0]
-            status["exhaustedUntil"] = exhausted[0].strftime("%Y-%m-%dT%H:%M:%SZ")
+            status["exhaustedUntil"] = protocol.format_time(exhausted[0])
             status["exhaustedBy"] = exhausted[1]
         elif exhausted is not None:
             return  # already recorded; the counts follow with the debounced write
@@ -517,7 +519,7 @@ class Controller:
             await self._post_event(dispatch, event)
 
     async def _post_event(self, dispatch: lifecycle.Dispatch, event: lifecycle.Event) -> None:
-        now = self.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = protocol.format_time(self.clock())
         body = {
             "apiVersion": "v1",
             "kind": "Event",

@@ -44,8 +44,9 @@ from datetime import datetime
 from typing import Any, Literal
 
 from fleetdispatch.api.models import OUTCOME_REASON, FailureClass, FailurePolicy
-from fleetdispatch.core.podstatus import PodView, Termination, parse_time
+from fleetdispatch.core.podstatus import PodView, Termination
 from fleetdispatch.session import protocol
+from fleetdispatch.session.protocol import parse_time
 
 Verdict = Literal["Succeed", "Fail", "Retry", "Resume", "Requeue", "Ignore"]
 

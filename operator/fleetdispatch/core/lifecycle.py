@@ -64,8 +64,9 @@ from fleetdispatch.api.models import AttemptRecord, FleetDispatchSpec, FleetDisp
 from fleetdispatch.core import backoff, classify, conditions
 from fleetdispatch.core.classify import Outcome
 from fleetdispatch.core.podspec import AttemptRequest, pod_name
-from fleetdispatch.core.podstatus import PodView, parse_time
+from fleetdispatch.core.podstatus import PodView
 from fleetdispatch.core.quota import Gate
+from fleetdispatch.session.protocol import parse_time
 
 TERMINAL: frozenset[Phase] = frozenset({"Succeeded", "Failed"})
 IN_FLIGHT: frozenset[Phase] = frozenset({"Pending", "Running"})

@@ -17,23 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from fleetdispatch.api.models import ATTEMPT_LABEL, SESSION_CONTAINER, SUPERVISOR_CONTAINER
+from fleetdispatch.session.protocol import parse_time
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
-
-
-def parse_time(value: Any) -> datetime | None:
-    """A metav1.Time (RFC 3339) as an aware datetime, or None when missing or unreadable."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)

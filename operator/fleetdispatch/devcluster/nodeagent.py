@@ -43,7 +43,6 @@ import base64
 import binascii
 import contextlib
 import dataclasses
-import datetime
 import json
 import logging
 import os
@@ -54,6 +53,7 @@ import signal
 import ssl
 import stat
 import sys
+import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
@@ -64,6 +64,7 @@ from aiohttp import web
 from fleetdispatch.api.models import SESSION_CONTAINER
 from fleetdispatch.client.kubeapi import ApiError, KubeApi
 from fleetdispatch.devcluster import sandbox
+from fleetdispatch.session import protocol
 
 Object = dict[str, Any]
 Mode = Literal["local", "instant"]
@@ -100,11 +101,11 @@ logger = logging.getLogger(__name__)
 
 
 def now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return protocol.format_time(time.time())
 
 
 def micro_now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return protocol.format_micro_time(time.time())
 
 
 class _ContainerError(Exception):

@@ -29,7 +29,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,16 +52,12 @@ class LeaseStatus:
 
     def annotations(self) -> dict[str, str]:
         values = {
-            "deadline": protocol.rfc3339(self.deadline),
-            "last-activity": None if self.last_activity is None else protocol.rfc3339(self.last_activity),
+            "deadline": protocol.format_time(self.deadline),
+            "last-activity": None if self.last_activity is None else protocol.format_time(self.last_activity),
             "activity-reason": self.activity_reason,
-            "last-output": None if self.last_output is None else protocol.rfc3339(self.last_output),
+            "last-output": None if self.last_output is None else protocol.format_time(self.last_output),
         }
         return {ANNOTATION_PREFIX + key: value for key, value in values.items() if value is not None}
-
-
-def _micro_time(epoch_seconds: float) -> str:
-    return datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class Heartbeat:
@@ -206,7 +201,7 @@ class Heartbeat:
             raise
 
     def _send(self, status: LeaseStatus) -> None:
-        now = _micro_time(self._wall())
+        now = protocol.format_micro_time(self._wall())
         spec = {
             "holderIdentity": self._name,
             "leaseDurationSeconds": max(1, math.ceil(3 * self._interval)),

@@ -121,6 +121,30 @@ def read_resume_token(state_dir: Path) -> str | None:
     return token or None
 
 
-def rfc3339(epoch_seconds: float) -> str:
-    """A timestamp as Kubernetes writes them: UTC, whole seconds, `Z`."""
-    return datetime.fromtimestamp(math.floor(epoch_seconds), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+# --- time: the one definition of how every part of fleet-dispatch writes and reads a time ---------------
+
+
+def _epoch(moment: float | datetime) -> float:
+    return moment.timestamp() if isinstance(moment, datetime) else float(moment)
+
+
+def format_time(moment: float | datetime) -> str:
+    """A metav1.Time as Kubernetes writes it: UTC, whole seconds (rounded down), `Z`."""
+    return datetime.fromtimestamp(math.floor(_epoch(moment)), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def format_micro_time(moment: float | datetime) -> str:
+    """A metav1.MicroTime (a Lease's renewTime, an Event's eventTime): UTC, microseconds, `Z`."""
+    return datetime.fromtimestamp(_epoch(moment), UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(value: object) -> datetime | None:
+    """An RFC 3339 time (a metav1.Time, an outcome's `resetAt`) as an aware datetime; None when missing or
+    unreadable. A time without an offset is read as UTC."""
+    if not isinstance(value, str) or not value or len(value) > 64:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)

@@ -149,15 +149,15 @@ def _budget(state_dir: Path, environ: Mapping[str, str]) -> float | None:
 
 
 def _outcome(reset_at: float | None, verdict: Plan, deadline: float, state_dir: Path) -> dict[str, Any]:
-    until = f"until {protocol.rfc3339(reset_at)}" if reset_at is not None else "(reset time unknown)"
+    until = f"until {protocol.format_time(reset_at)}" if reset_at is not None else "(reset time unknown)"
     budget = max(0, math.floor(verdict.remaining or 0))
     message = (
         f"quota exhausted {until}; waiting {math.ceil(verdict.wait)} s does not fit the remaining budget "
-        f"of {budget} s (deadline {protocol.rfc3339(deadline)})"
+        f"of {budget} s (deadline {protocol.format_time(deadline)})"
     )
     outcome: dict[str, Any] = {"reason": protocol.QUOTA_EXHAUSTED}
     if reset_at is not None:
-        outcome["resetAt"] = protocol.rfc3339(reset_at)
+        outcome["resetAt"] = protocol.format_time(reset_at)
     token = protocol.read_resume_token(state_dir)
     if token is not None:
         if len(json.dumps({**outcome, "resumeToken": token, "message": message}).encode()) < (
@@ -244,7 +244,7 @@ def guard(
         out.flush()
         return 0
     if seconds > 0:
-        until = protocol.rfc3339(reset_at) if reset_at is not None else "an unknown time"
+        until = protocol.format_time(reset_at) if reset_at is not None else "an unknown time"
         budget = "" if verdict.remaining is None else f"; {math.floor(verdict.remaining)} s of budget left"
         err.write(f"quota guard: the quota resets at {until}; waiting {seconds} s{budget}\n")
         err.flush()

@@ -80,7 +80,9 @@ class JsonLog:
 
     def __call__(self, event: str, **fields: Any) -> None:
         now = self._wall()
-        line = json.dumps({"time": protocol.rfc3339(now), "event": event, **fields}, separators=(",", ":"))
+        line = json.dumps(
+            {"time": protocol.format_time(now), "event": event, **fields}, separators=(",", ":")
+        )
         with self._lock:
             self._out.write(line + "\n")
             self._out.flush()
@@ -134,7 +136,7 @@ class Supervisor:
         self._terminated.set()
 
     def _epoch(self, instant: float | None) -> str | None:
-        return None if instant is None else protocol.rfc3339(self._clock.epoch(instant))
+        return None if instant is None else protocol.format_time(self._clock.epoch(instant))
 
     def _publish_deadline(self, deadline: float) -> None:
         try:
