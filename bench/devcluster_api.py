@@ -27,7 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchkit import Components, admin, make_namespace, percentile
-from fleetdispatch.api.models import API_VERSION, GROUP, VERSION
+from fleetdispatch.api.names import API_VERSION, GROUP, VERSION
 from fleetdispatch.client.kubeapi import MERGE_PATCH, KubeApi
 from fleetdispatch.devcluster.stack import BackgroundCluster
 

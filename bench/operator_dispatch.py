@@ -65,7 +65,7 @@ from benchkit import (
     requests_of,
     row,
 )
-from fleetdispatch.api.models import API_VERSION, GROUP, VERSION
+from fleetdispatch.api.names import API_VERSION, GROUP, VERSION
 from fleetdispatch.devcluster.nodeagent import RUNTIME_ANNOTATION
 from fleetdispatch.devcluster.stack import OPERATOR_USER, BackgroundCluster
 

@@ -31,7 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchkit import Operator, Tracker, admin, audit_size, make_namespace, percentile, quiet, requests_of
-from fleetdispatch.api.models import API_VERSION, GROUP, VERSION
+from fleetdispatch.api.names import API_VERSION, GROUP, VERSION
 from fleetdispatch.client.kubeapi import MERGE_PATCH, KubeApi
 from fleetdispatch.devcluster.nodeagent import RUNTIME_ANNOTATION
 from fleetdispatch.devcluster.stack import OPERATOR_USER, BackgroundCluster

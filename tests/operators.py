@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fleetdispatch.api.models import API_VERSION, GROUP, VERSION
+from fleetdispatch.api.names import API_VERSION, GROUP, VERSION
 from fleetdispatch.devcluster.nodeagent import RUNTIME_ANNOTATION
 from fleetdispatch.devcluster.stack import (
     OPERATOR_USER,

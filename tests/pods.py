@@ -7,7 +7,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fleetdispatch.api.models import ATTEMPT_LABEL, DISPATCH_LABEL, SESSION_CONTAINER, SUPERVISOR_CONTAINER
+from fleetdispatch.api.names import ATTEMPT_LABEL, DISPATCH_LABEL, SESSION_CONTAINER, SUPERVISOR_CONTAINER
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 import fleetdispatch
-from fleetdispatch.api.models import API_VERSION
+from fleetdispatch.api.names import API_VERSION
 from fleetdispatch.api.settings import DEFAULT_IMAGE, ENV_PREFIX, OperatorSettings
 from fleetdispatch.devcluster import controlplane
 from fleetdispatch.devcluster.stack import (

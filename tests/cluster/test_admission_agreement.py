@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from fleetdispatch import cli
-from fleetdispatch.api import models
+from fleetdispatch.api import names
 from fleetdispatch.devcluster.stack import BackgroundCluster
 from fleetdispatch.validation import manifests
 from kubectl import Kubectl, needs_kubectl
@@ -66,7 +66,7 @@ KNOWN_DIFFERENCES: dict[str, str] = {
 
 def _ours(doc: Any) -> bool:
     return (
-        str(doc.get("apiVersion", "")).partition("/")[0] == models.GROUP
+        str(doc.get("apiVersion", "")).partition("/")[0] == names.GROUP
         and doc.get("kind") in manifests.crds()
     )
 
@@ -122,7 +122,7 @@ PROBES: dict[str, dict[str, Any]] = {
     "unknown-status-field": {**_probe(), "status": {"bogus": 1}},
     "name-not-a-dns-subdomain": _probe("Bad_Name"),
     "unknown-field-and-invalid-value": _probe(timeouts={"deadlineSeconds": 0, "bogus": 1}),
-    "api-version-not-served": {**_probe(), "apiVersion": f"{models.GROUP}/v9"},
+    "api-version-not-served": {**_probe(), "apiVersion": f"{names.GROUP}/v9"},
 }
 CASE_IDS = [
     *(f"invalid/{p.name}" for p in CREATES),

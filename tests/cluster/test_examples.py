@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from fleetdispatch import cli
-from fleetdispatch.api import models
+from fleetdispatch.api import names
 from fleetdispatch.devcluster.stack import BackgroundCluster
 from fleetdispatch.validation import manifests
 from kubectl import Kubectl, needs_kubectl
@@ -31,7 +31,7 @@ OURS = [
     (path, index, doc)
     for path in EXAMPLES
     for index, doc in enumerate(manifests.documents(path.read_text(encoding="utf-8")))
-    if str(doc.get("apiVersion", "")).startswith(models.GROUP + "/")
+    if str(doc.get("apiVersion", "")).startswith(names.GROUP + "/")
 ]
 
 

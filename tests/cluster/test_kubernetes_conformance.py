@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from fleetdispatch.api.models import GROUP
+from fleetdispatch.api.names import GROUP
 from fleetdispatch.devcluster.stack import BackgroundCluster
 from kubectl import Kubectl, needs_kubectl
 from operators import Namespace

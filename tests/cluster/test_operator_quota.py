@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from fleetdispatch.api.models import API_VERSION, GROUP, VERSION
+from fleetdispatch.api.names import API_VERSION, GROUP, VERSION
 from operators import Namespace, dispatch_spec, now_rfc3339, terminated
 from waiting import eventually
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleetdispatch.api import models
+from fleetdispatch.api import models, names
 from fleetdispatch.session.deadline import (
     Continue,
     Counters,
@@ -65,7 +65,7 @@ def test_defaults_are_the_crd_defaults() -> None:
     assert default.cpu_percent_threshold == activity.cpu_percent_threshold
     assert list(default.api_endpoints) == activity.api_endpoints
     assert list(default.output_paths) == activity.output_paths
-    assert default.state_dir == models.STATE_DIR
+    assert default.state_dir == names.STATE_DIR
 
 
 def test_to_args_round_trips() -> None:

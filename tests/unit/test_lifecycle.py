@@ -16,12 +16,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from fleetdispatch.api.models import (
-    SUPERVISOR_CONTAINER,
-    AttemptRecord,
-    FleetDispatchSpec,
-    FleetDispatchStatus,
-)
+from fleetdispatch.api.models import AttemptRecord, FleetDispatchSpec, FleetDispatchStatus
+from fleetdispatch.api.names import SUPERVISOR_CONTAINER
 from fleetdispatch.core import backoff
 from fleetdispatch.core.lifecycle import TERMINAL, Decision, Dispatch, Event, Limits, backstop_at, reconcile
 from fleetdispatch.core.podspec import AttemptRequest, pod_name

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fleetdispatch.api import models
+from fleetdispatch.api import models, names
 from fleetdispatch.api.models import FleetDispatchSpec, InvalidSpec
 from fleetdispatch.api.settings import OperatorSettings
 from fleetdispatch.core import podspec
@@ -65,7 +65,7 @@ def session_of(pod: Pod, name: str = "session") -> dict[str, Any]:
 
 def supervisor_of(pod: Pod) -> dict[str, Any]:
     supervisor: dict[str, Any] = pod["spec"]["initContainers"][0]
-    assert supervisor["name"] == models.SUPERVISOR_CONTAINER
+    assert supervisor["name"] == names.SUPERVISOR_CONTAINER
     return supervisor
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from fleetdispatch.api.models import SESSION_CONTAINER
+from fleetdispatch.api.names import SESSION_CONTAINER
 from fleetdispatch.core.podstatus import PodView, Termination, observe
 from fleetdispatch.session.protocol import parse_time
 from pods import T0, make_pod, outcome, running, terminated, waiting

@@ -28,18 +28,13 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-GROUP = "fleet.dispatch.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-
-# Names the operator injects into every pod; a template may not use them.
-SUPERVISOR_CONTAINER = "fleet-supervisor"
-STATE_VOLUME = "fleet-state"
-STATE_DIR = "/var/run/fleet"
-SESSION_CONTAINER = "session"
-# Every pod of a dispatch carries both; users select a dispatch's pods with them.
-DISPATCH_LABEL = f"{GROUP}/dispatch"
-ATTEMPT_LABEL = f"{GROUP}/attempt"
+from fleetdispatch.api import names
+from fleetdispatch.api.names import (
+    SESSION_CONTAINER,
+    STATE_DIR,
+    STATE_VOLUME,
+    SUPERVISOR_CONTAINER,
+)
 
 # A dispatch name becomes a label value on its pods, and label values are at most 63 characters.
 MAX_DISPATCH_NAME = 63
@@ -154,7 +149,7 @@ class PodSpec(BaseModel):
                 f"volumes: the volume name '{STATE_VOLUME}' is reserved for the shared state volume at "
                 f"{STATE_DIR}"
             )
-        if len(self.containers) > 1 and not any(c.name == SESSION_CONTAINER for c in self.containers):
+        if self.containers and names.session_container([c.name for c in self.containers]) is None:
             raise ValueError(
                 f"containers: with several containers, one must be named '{SESSION_CONTAINER}': it is the "
                 "process tree the supervisor watches"
@@ -178,10 +173,10 @@ class PodSpec(BaseModel):
 
     @property
     def session_container(self) -> Container:
-        """The container the supervisor watches: the one named `session`, or the only one."""
-        if len(self.containers) == 1:
-            return self.containers[0]
-        return next(c for c in self.containers if c.name == SESSION_CONTAINER)
+        """The container the supervisor watches (`names.session_container`; validation made sure of it)."""
+        index = names.session_container([c.name for c in self.containers])
+        assert index is not None, "validated: the template has a session container"
+        return self.containers[index]
 
 
 class TemplateMetadata(_Spec):

@@ -43,8 +43,9 @@ from typing import Any
 
 import kopf
 
-from fleetdispatch.api import models
-from fleetdispatch.api.models import DISPATCH_LABEL, FleetDispatchSpec, FleetDispatchStatus, InvalidSpec
+from fleetdispatch.api import models, names
+from fleetdispatch.api.models import FleetDispatchSpec, FleetDispatchStatus, InvalidSpec
+from fleetdispatch.api.names import DISPATCH_LABEL
 from fleetdispatch.api.settings import OperatorSettings
 from fleetdispatch.client.kubeapi import MERGE_PATCH, SERVICE_ACCOUNT_TOKEN, ApiError, Credentials, KubeApi
 from fleetdispatch.controller.metrics import Metrics
@@ -274,7 +275,7 @@ class Controller:
             and seen[1] == (c.running, c.waiting, c.requeued)
         ):
             return
-        path = f"/apis/{models.API_VERSION}/namespaces/{key[0]}/quotapools/{key[1]}/status"
+        path = f"/apis/{names.API_VERSION}/namespaces/{key[0]}/quotapools/{key[1]}/status"
         try:
             await self.api.request("PATCH", path, {"status": status}, content_type=MERGE_PATCH)
         except ApiError as error:
@@ -431,7 +432,7 @@ class Controller:
             await self._delete_pod(key[0], name)
         patch = status_patch(cached.status, decision.status)
         if patch:
-            path = f"/apis/{models.API_VERSION}/namespaces/{key[0]}/{PLURAL}/{key[1]}/status"
+            path = f"/apis/{names.API_VERSION}/namespaces/{key[0]}/{PLURAL}/{key[1]}/status"
             request = {"metadata": {"resourceVersion": cached.resource_version}, "status": patch}
             try:
                 response = await self.api.request("PATCH", path, request, content_type=MERGE_PATCH)
@@ -440,7 +441,7 @@ class Controller:
                     return
                 if error.status == 409:  # decided on a stale view: read it again, decide again
                     fresh = await self.api.request(
-                        "GET", f"/apis/{models.API_VERSION}/namespaces/{key[0]}/{PLURAL}/{key[1]}"
+                        "GET", f"/apis/{names.API_VERSION}/namespaces/{key[0]}/{PLURAL}/{key[1]}"
                     )
                     self.remember(key, fresh)
                     self.enqueue(key)
@@ -525,7 +526,7 @@ class Controller:
             "kind": "Event",
             "metadata": {"generateName": f"{dispatch.name}.", "namespace": dispatch.namespace},
             "involvedObject": {
-                "apiVersion": models.API_VERSION,
+                "apiVersion": names.API_VERSION,
                 "kind": "FleetDispatch",
                 "name": dispatch.name,
                 "namespace": dispatch.namespace,
@@ -567,7 +568,7 @@ class Runtime:
                 raise kopf.TemporaryError("not logged in yet", delay=1)
             kube = KubeApi(
                 self.credentials,
-                user_agent=f"{COMPONENT}/{models.VERSION}",
+                user_agent=f"{COMPONENT}/{names.VERSION}",
                 on_response=lambda verb, code: self.metrics.api_requests.labels(verb, str(code)).inc(),
             )
 
@@ -601,9 +602,9 @@ async def _startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None
     # mode, so kopf does not retry the forbidden list of CRDs for a minute, logging errors, at every start.
     # The CRDs are found by the initial discovery; the namespaces are the watched ones, by exact name.
     settings.scanning.disabled = True
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=models.GROUP)
-    settings.persistence.diffbase_storage = _NoDiffBase(prefix=models.GROUP, key="last-handled-configuration")
-    settings.persistence.finalizer = f"{models.GROUP}/kopf-finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
+    settings.persistence.diffbase_storage = _NoDiffBase(prefix=names.GROUP, key="last-handled-configuration")
+    settings.persistence.finalizer = f"{names.GROUP}/kopf-finalizer"
     settings.persistence.consistency_timeout = 30
     settings.watching.server_timeout = options.watch_timeout_seconds
     settings.watching.client_timeout = options.watch_timeout_seconds + 30
@@ -647,13 +648,13 @@ async def _pod_event(
     memo.runtime.controller_for(kwargs).saw_pod(str(namespace), name, labels[DISPATCH_LABEL])
 
 
-@kopf.on.event(models.GROUP, models.VERSION, PLURAL)
+@kopf.on.event(names.GROUP, names.VERSION, PLURAL)
 async def _dispatch_event(event: kopf.RawEvent, memo: Any, **kwargs: Any) -> None:
     controller = memo.runtime.controller_for(kwargs)
     controller.saw_dispatch(event["object"], deleted=event.get("type") == "DELETED")
 
 
-@kopf.index(models.GROUP, models.VERSION, "quotapools")
+@kopf.index(names.GROUP, names.VERSION, "quotapools")
 async def fleet_pools(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, quota.Pool]:
     spec, status = body.get("spec") or {}, body.get("status") or {}
     maximum = spec.get("maxConcurrent")
@@ -665,7 +666,7 @@ async def fleet_pools(namespace: str | None, name: str, body: kopf.Body, **_: An
     return {(str(namespace), name): pool}
 
 
-@kopf.on.event(models.GROUP, models.VERSION, "quotapools")
+@kopf.on.event(names.GROUP, names.VERSION, "quotapools")
 async def _pool_event(event: kopf.RawEvent, memo: Any, **kwargs: Any) -> None:
     body = event["object"]
     meta = body.get("metadata") or {}

@@ -63,8 +63,8 @@ import posixpath
 from collections.abc import Mapping
 from typing import Any
 
-from fleetdispatch.api import models
-from fleetdispatch.api.models import ATTEMPT_LABEL, DISPATCH_LABEL
+from fleetdispatch.api import models, names
+from fleetdispatch.api.names import ATTEMPT_LABEL, DISPATCH_LABEL
 from fleetdispatch.api.settings import OperatorSettings
 from fleetdispatch.session import protocol
 from fleetdispatch.session.deadline import SupervisorConfig
@@ -77,7 +77,7 @@ TOKEN_DIR = "/var/run/fleet-token"
 TOKEN_FILE = f"{TOKEN_DIR}/token"
 CA_FILE = f"{TOKEN_DIR}/ca.crt"
 TOKEN_EXPIRATION_SECONDS = 3600
-OUTCOME_PATH = f"{models.STATE_DIR}/{protocol.OUTCOME_FILE}"
+OUTCOME_PATH = f"{names.STATE_DIR}/{protocol.OUTCOME_FILE}"
 RESERVED_ENV_PREFIX = "FLEET_"
 SUPERVISOR_RESOURCES: Mapping[str, Mapping[str, str]] = {
     "requests": {"cpu": "10m", "memory": "32Mi"},
@@ -86,7 +86,7 @@ SUPERVISOR_RESOURCES: Mapping[str, Mapping[str, str]] = {
 
 _TEMPLATE = "spec.template.spec"
 _RESERVED_VOLUMES = {
-    models.STATE_VOLUME: f"shared state volume at {models.STATE_DIR}",
+    names.STATE_VOLUME: f"shared state volume at {names.STATE_DIR}",
     TOKEN_VOLUME: f"heartbeat token mounted into the supervisor at {TOKEN_DIR}",
 }
 
@@ -164,7 +164,7 @@ def build_pod(  # noqa: PLR0917 - one argument per input of the pure function, a
         pod_security["runAsUser"] = settings.default_run_as_user
     pod_spec["securityContext"] = pod_security
 
-    state_mount = {"name": models.STATE_VOLUME, "mountPath": models.STATE_DIR}
+    state_mount = {"name": names.STATE_VOLUME, "mountPath": names.STATE_DIR}
     session["env"] = [*(session.get("env") or []), *_session_env(ref, spec, request, now)]
     session["volumeMounts"] = [*(session.get("volumeMounts") or []), state_mount]
     session["terminationMessagePath"] = OUTCOME_PATH
@@ -176,7 +176,7 @@ def build_pod(  # noqa: PLR0917 - one argument per input of the pure function, a
 
     config = _supervisor_config(ref, spec, request.attempt, name if heartbeat_account else None)
     supervisor: dict[str, Any] = {
-        "name": models.SUPERVISOR_CONTAINER,
+        "name": names.SUPERVISOR_CONTAINER,
         "image": settings.supervisor_image,
         "imagePullPolicy": settings.supervisor_image_pull_policy,
         "restartPolicy": "Always",
@@ -190,7 +190,7 @@ def build_pod(  # noqa: PLR0917 - one argument per input of the pure function, a
     }
     volumes: list[dict[str, Any]] = [
         *(pod_spec.get("volumes") or []),
-        {"name": models.STATE_VOLUME, "emptyDir": {}},
+        {"name": names.STATE_VOLUME, "emptyDir": {}},
     ]
     if heartbeat_account is not None:
         # The pod's uid is known only once it is created: the downward API hands it to the supervisor.
@@ -218,7 +218,7 @@ def build_pod(  # noqa: PLR0917 - one argument per input of the pure function, a
             },
             "ownerReferences": [
                 {
-                    "apiVersion": models.API_VERSION,
+                    "apiVersion": names.API_VERSION,
                     "kind": "FleetDispatch",
                     "name": ref.name,
                     "uid": ref.uid,
@@ -241,17 +241,15 @@ def _check(template: Mapping[str, Any]) -> None:
 
 
 def _session_index(containers: list[Any]) -> int:
-    """Which container is the session: the one named `session`, or the only one."""
-    if len(containers) == 1:
-        return 0
-    for index, container in enumerate(containers):
-        if container.get("name") == models.SESSION_CONTAINER:
-            return index
+    """Which container is the session (`names.session_container`), or a clear error."""
+    index = names.session_container([str(container.get("name")) for container in containers])
+    if index is not None:
+        return index
     if not containers:
         raise models.InvalidSpec(f"{_TEMPLATE}.containers: the template needs a container, the session")
     raise models.InvalidSpec(
         f"{_TEMPLATE}.containers: with several containers, one must be named "
-        f"'{models.SESSION_CONTAINER}' (the process tree the supervisor watches): "
+        f"'{names.SESSION_CONTAINER}' (the process tree the supervisor watches): "
         "rename the session's container"
     )
 
@@ -278,9 +276,9 @@ def _problems(template: Mapping[str, Any]) -> list[str]:
     for field, items in (("containers", containers), ("initContainers", pod.get("initContainers") or [])):
         for index, container in enumerate(items):
             where = f"{_TEMPLATE}.{field}[{index}]"
-            if container.get("name") == models.SUPERVISOR_CONTAINER:
+            if container.get("name") == names.SUPERVISOR_CONTAINER:
                 problems.append(
-                    f"{where}.name: the container name '{models.SUPERVISOR_CONTAINER}' is reserved for the "
+                    f"{where}.name: the container name '{names.SUPERVISOR_CONTAINER}' is reserved for the "
                     "injected supervisor sidecar, so rename the container"
                 )
             problems += _mount_problems(where, container)
@@ -315,9 +313,9 @@ def _mount_problems(where: str, container: Mapping[str, Any]) -> list[str]:
             )
         path = str(mount.get("mountPath") or "")
         normal = posixpath.normpath(path) if path else path
-        if normal == models.STATE_DIR or normal.startswith(models.STATE_DIR + "/"):
+        if normal == names.STATE_DIR or normal.startswith(names.STATE_DIR + "/"):
             problems.append(
-                f"{where}.volumeMounts[{index}].mountPath: {path!r} is inside {models.STATE_DIR}, the shared "
+                f"{where}.volumeMounts[{index}].mountPath: {path!r} is inside {names.STATE_DIR}, the shared "
                 "state directory the operator mounts, so mount the volume elsewhere"
             )
     return problems
@@ -370,7 +368,7 @@ def _session_env(
         (protocol.ENV_DISPATCH, f"{ref.namespace}/{ref.name}"),
         (protocol.ENV_ATTEMPT, str(request.attempt)),
         (protocol.ENV_SESSION_DEADLINE, str(int(now + spec.timeouts.deadline_seconds))),
-        (protocol.ENV_STATE_DIR, models.STATE_DIR),
+        (protocol.ENV_STATE_DIR, names.STATE_DIR),
     ]
     if request.resume:
         values.append((protocol.ENV_RESUME, "1"))
@@ -417,7 +415,7 @@ def _supervisor_config(
         cpu_percent_threshold=activity.cpu_percent_threshold,
         api_endpoints=tuple(activity.api_endpoints),
         output_paths=tuple(activity.output_paths),
-        state_dir=models.STATE_DIR,
+        state_dir=names.STATE_DIR,
         dispatch=f"{ref.namespace}/{ref.name}",
         attempt=str(attempt),
         report_file=SUPERVISOR_REPORT_PATH,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from fleetdispatch.api.models import ATTEMPT_LABEL, SESSION_CONTAINER, SUPERVISOR_CONTAINER
+from fleetdispatch.api.names import ATTEMPT_LABEL, SESSION_CONTAINER, SUPERVISOR_CONTAINER, session_container
 from fleetdispatch.session.protocol import parse_time
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
@@ -82,10 +82,9 @@ def _statuses(status: Mapping[str, Any], field: str) -> dict[str, Mapping[str, A
 
 
 def _session_name(spec: Mapping[str, Any]) -> str:
-    containers = [c for c in spec.get("containers") or [] if isinstance(c, Mapping)]
-    if len(containers) == 1:
-        return str(containers[0].get("name"))
-    return SESSION_CONTAINER
+    names = [str(c.get("name")) for c in spec.get("containers") or [] if isinstance(c, Mapping)]
+    index = session_container(names)
+    return SESSION_CONTAINER if index is None else names[index]
 
 
 def _started_at(container: Mapping[str, Any] | None) -> datetime | None:

@@ -61,7 +61,7 @@ from typing import Any, Literal, TypeVar
 
 from aiohttp import web
 
-from fleetdispatch.api.models import SESSION_CONTAINER
+from fleetdispatch.api.names import session_container
 from fleetdispatch.client.kubeapi import ApiError, KubeApi
 from fleetdispatch.devcluster import sandbox
 from fleetdispatch.session import protocol
@@ -584,9 +584,8 @@ class NodeAgent:
         annotations = metadata.get("annotations") or {}
         stamp = now()
         containers = spec["containers"]
-        session = next(
-            (c["name"] for c in containers if c.get("name") == SESSION_CONTAINER), containers[0]["name"]
-        )
+        index = session_container([c["name"] for c in containers])
+        session = containers[0 if index is None else index]["name"]
         code, message = _instant_outcome(annotations)
 
         def terminated(container: Object, exit_code: int, text: str | None) -> Object:

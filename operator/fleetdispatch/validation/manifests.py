@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from fleetdispatch.api import models
+from fleetdispatch.api import models, names
 from fleetdispatch.validation import admission
 
 CRD_FILES = ("fleetdispatches.yaml", "quotapools.yaml")
@@ -64,7 +64,7 @@ def check(manifest: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> 
     kind = str(manifest.get("kind", ""))
     name = _name(manifest)
     group = str(manifest.get("apiVersion", "")).partition("/")[0]
-    if group != models.GROUP or kind not in crds():
+    if group != names.GROUP or kind not in crds():
         return Verdict(kind=kind or "?", name=name, skipped=True)
     defaulted, errors = admission.admit(crds()[kind], manifest, old)
     try:
