@@ -48,7 +48,7 @@ from fleetdispatch.core.podstatus import PodView, Termination
 from fleetdispatch.session import protocol
 from fleetdispatch.session.protocol import parse_time
 
-Verdict = Literal["Succeed", "Fail", "Retry", "Resume", "Requeue", "Ignore"]
+Action = Literal["Succeed", "Fail", "Retry", "Resume", "Requeue", "Ignore"]
 
 QUOTA_EXIT_CODE = protocol.QUOTA_EXIT_CODE
 POD_DELETED = "PodDeleted"
@@ -58,7 +58,7 @@ OOM_KILLED = "OOMKilled"
 # Whatever the kubelet reports about a container it could not start or lost track of.
 CONTAINER_LOST = frozenset({"ContainerStatusUnknown", "ContainerCannotRun", "StartError"})
 
-_DEFAULTS: dict[str, tuple[FailureClass, Verdict]] = {
+_DEFAULTS: dict[str, tuple[FailureClass, Action]] = {
     protocol.QUOTA_EXHAUSTED: ("Quota", "Requeue"),
     protocol.DEADLINE_EXCEEDED: ("Timeout", "Resume"),
     protocol.IDLE_TIMEOUT: ("Timeout", "Resume"),
@@ -72,8 +72,6 @@ _CLASS_OF_ACTION: dict[str, FailureClass] = {
     "Requeue": "Quota",
     "Ignore": "Infrastructure",
 }
-# Telemetry the supervisor adds to an outcome, mirrored into the dispatch's status.
-REPORT_FIELDS = ("deadline", "deadlineCap", "lastActivityTime", "activityReason", "lastOutputTime")
 MAX_MESSAGE = 1024
 MAX_REASON = 64
 _REASON = re.compile(OUTCOME_REASON)
@@ -82,7 +80,7 @@ _REASON = re.compile(OUTCOME_REASON)
 @dataclass(frozen=True)
 class Outcome:
     reason: str
-    verdict: Verdict
+    verdict: Action
     failure_class: FailureClass | None = None
     exit_code: int | None = None
     message: str = ""
@@ -123,7 +121,7 @@ def lost(reason: str, message: str) -> Outcome:
 def _default(termination: Termination | None, written: dict[str, Any] | None) -> Outcome:
     """The outcome before `failurePolicy`: what the session (or supervisor) wrote, else the exit code."""
     exit_code = termination.exit_code if termination else None
-    report = {k: v for k, v in (written or {}).items() if k in REPORT_FIELDS and isinstance(v, str)}
+    report = protocol.read_report(written)
     common: dict[str, Any] = {
         "exit_code": exit_code,
         "reset_at": parse_time((written or {}).get("resetAt")),
@@ -208,9 +206,6 @@ def read_report(message: str | None) -> dict[str, str]:
     if not message:
         return {}
     try:
-        value = json.loads(message)
+        return protocol.read_report(json.loads(message))
     except ValueError:
         return {}
-    if not isinstance(value, dict):
-        return {}
-    return {k: v for k, v in value.items() if k in REPORT_FIELDS and isinstance(v, str)}

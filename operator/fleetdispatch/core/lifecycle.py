@@ -66,6 +66,7 @@ from fleetdispatch.core.classify import Outcome
 from fleetdispatch.core.podspec import AttemptRequest, pod_name
 from fleetdispatch.core.podstatus import PodView
 from fleetdispatch.core.quota import Gate
+from fleetdispatch.session import protocol
 from fleetdispatch.session.protocol import parse_time
 
 TERMINAL: frozenset[Phase] = frozenset({"Succeeded", "Failed"})
@@ -389,16 +390,16 @@ class _Reconcile:
     def mirror_report(self, outcome: Outcome) -> None:
         s, report = self.status, outcome.report
         for key, attribute in (
-            ("deadline", "deadline"),
-            ("deadlineCap", "deadline_cap"),
-            ("lastActivityTime", "last_activity_time"),
-            ("lastOutputTime", "last_output_time"),
+            (protocol.REPORT_DEADLINE, "deadline"),
+            (protocol.REPORT_DEADLINE_CAP, "deadline_cap"),
+            (protocol.REPORT_LAST_ACTIVITY, "last_activity_time"),
+            (protocol.REPORT_LAST_OUTPUT, "last_output_time"),
         ):
             value = parse_time(report.get(key))
             if value is not None:
                 setattr(s, attribute, value.replace(microsecond=0))
-        if report.get("activityReason") in ("cpu", "api-connection", "output"):
-            s.activity_reason = report["activityReason"]  # type: ignore[assignment]
+        if report.get(protocol.REPORT_ACTIVITY_REASON) in protocol.ACTIVITY_REASONS:
+            s.activity_reason = report[protocol.REPORT_ACTIVITY_REASON]  # type: ignore[assignment]
 
     def suspend(self, current: PodView | None) -> None:
         s = self.status

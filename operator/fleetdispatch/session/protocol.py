@@ -45,6 +45,24 @@ IDLE_TIMEOUT: Final = "IdleTimeout"
 # outcome that says otherwise, the operator reads it as QuotaExhausted.
 QUOTA_EXIT_CODE: Final = 75
 
+# The supervisor's report: the figures it adds to its termination message (and to a stop's outcome), which
+# the operator mirrors into the dispatch's status under the same names. Times are RFC 3339 (`format_time`).
+REPORT_DEADLINE: Final = "deadline"
+REPORT_DEADLINE_CAP: Final = "deadlineCap"
+REPORT_LAST_ACTIVITY: Final = "lastActivityTime"
+REPORT_ACTIVITY_REASON: Final = "activityReason"
+REPORT_LAST_OUTPUT: Final = "lastOutputTime"
+REPORT_FIELDS: Final = (
+    REPORT_DEADLINE,
+    REPORT_DEADLINE_CAP,
+    REPORT_LAST_ACTIVITY,
+    REPORT_ACTIVITY_REASON,
+    REPORT_LAST_OUTPUT,
+)
+REPORT_TIMES: Final = (REPORT_DEADLINE, REPORT_DEADLINE_CAP, REPORT_LAST_ACTIVITY, REPORT_LAST_OUTPUT)
+# What kept a session alive last: its CPU, a connection to the API endpoint, or its output growing.
+ACTIVITY_REASONS: Final = ("cpu", "api-connection", "output")
+
 # The kubelet keeps at most 4096 bytes of a termination message; a longer outcome would arrive cut, which
 # is no longer JSON. Writers keep their outcome below this.
 MAX_OUTCOME_BYTES = 4096
@@ -148,3 +166,28 @@ def parse_time(value: object) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def report(
+    deadline: float | None,
+    deadline_cap: float | None,
+    last_activity: float | None,
+    activity_reason: str | None,
+    last_output: float | None,
+) -> dict[str, str]:
+    """The supervisor's report from epoch seconds, as JSON fields; what is unknown is left out."""
+    values = {
+        REPORT_DEADLINE: None if deadline is None else format_time(deadline),
+        REPORT_DEADLINE_CAP: None if deadline_cap is None else format_time(deadline_cap),
+        REPORT_LAST_ACTIVITY: None if last_activity is None else format_time(last_activity),
+        REPORT_ACTIVITY_REASON: activity_reason,
+        REPORT_LAST_OUTPUT: None if last_output is None else format_time(last_output),
+    }
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def read_report(value: object) -> dict[str, str]:
+    """The report fields of a decoded termination message or outcome; anything else in it is ignored."""
+    if not isinstance(value, dict):
+        return {}
+    return {key: value[key] for key in REPORT_FIELDS if isinstance(value.get(key), str)}
