@@ -27,6 +27,7 @@ test: lint typecheck unit
 lint: $(STAMP)
 	$(BIN)/ruff check operator tests scripts bench
 	$(BIN)/ruff format --check operator tests scripts bench
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
