@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 from fleetdispatch.api import models
-from fleetdispatch.validation import admission
+from fleetdispatch.validation import defaults
 from fleetdispatch.validation.manifests import crds
 
 # Keywords whose values must be equal on both sides wherever either side states them.
@@ -110,13 +110,13 @@ def _strip_bounds(node: Any) -> Any:
 def test_crd_and_model_defaults_are_equal() -> None:
     # Defaulting a bare spec with the CRD gives exactly what the model fills in for the same bare spec.
     template = {"spec": {"containers": [{"name": "session", "image": "busybox"}]}}
-    by_crd = admission.apply_defaults(_schema("FleetDispatch", "spec"), {"template": template})
+    by_crd = defaults.apply_defaults(_schema("FleetDispatch", "spec"), {"template": template})
     by_model = models.FleetDispatchSpec.model_validate({"template": template}).model_dump(
         by_alias=True, exclude_none=True, exclude={"template"}
     )
     assert {k: v for k, v in by_crd.items() if k != "template"} == by_model
 
-    pool_by_crd = admission.apply_defaults(_schema("QuotaPool", "spec"), {})
+    pool_by_crd = defaults.apply_defaults(_schema("QuotaPool", "spec"), {})
     assert pool_by_crd == models.QuotaPoolSpec().model_dump(by_alias=True, exclude_none=True)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import celpy
 import pytest
 
-from fleetdispatch.validation import admission
+from fleetdispatch.validation import admission, defaults
 from fleetdispatch.validation.manifests import crds
 
 KINDS = ["FleetDispatch", "QuotaPool"]
@@ -48,7 +48,7 @@ def test_schema_is_structural(kind: str) -> None:
 def test_defaults_are_valid_for_their_own_schema(kind: str) -> None:
     for path, node in _nodes(_schema(kind)):
         if "default" in node:
-            defaulted = admission.apply_defaults(node, node["default"])
+            defaulted = defaults.apply_defaults(node, node["default"])
             errors = admission.validate(node, defaulted, resource_root=False)
             assert errors == [], f"default of {path} is invalid: {errors}"
 

@@ -21,7 +21,8 @@ from typing import Any
 import yaml
 
 from fleetdispatch.api import models, names
-from fleetdispatch.validation import admission
+from fleetdispatch.validation.admission import admit
+from fleetdispatch.validation.messages import FieldError, format_invalid
 
 CRD_FILES = ("fleetdispatches.yaml", "quotapools.yaml")
 
@@ -44,7 +45,7 @@ class Verdict:
     kind: str
     name: str
     skipped: bool = False
-    api_errors: tuple[admission.FieldError, ...] = ()
+    api_errors: tuple[FieldError, ...] = ()
     model_error: str | None = None
     defaulted: Mapping[str, Any] = field(default_factory=dict)
 
@@ -55,7 +56,7 @@ class Verdict:
     def explain(self) -> str:
         """The API server's answer when there is one, as kubectl would print it; else the operator's."""
         if self.api_errors:
-            return admission.format_invalid(self.kind, self.name, self.api_errors)
+            return format_invalid(self.kind, self.name, self.api_errors)
         return self.model_error or ""
 
 
@@ -66,25 +67,26 @@ def check(manifest: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> 
     group = str(manifest.get("apiVersion", "")).partition("/")[0]
     if group != names.GROUP or kind not in crds():
         return Verdict(kind=kind or "?", name=name, skipped=True)
-    defaulted, errors = admission.admit(crds()[kind], manifest, old)
-    try:
-        # The manifest as written, not as admitted: the models must refuse what the API server prunes.
-        _parse(kind, manifest, old)
-        model_error = None
-    except models.InvalidSpec as error:
-        model_error = str(error)
+    defaulted, errors = admit(crds()[kind], manifest, old)
+    # The manifest as written, not as admitted: the models must refuse what the API server prunes.
+    model_error = _model_error(kind, manifest, old)
     if model_error is not None and not errors:
         # The API server accepts it, and the operator reads what the server stores: a null it dropped or
         # defaulted, a 60.0 it stores as 60, are no error.
-        stored_old = admission.admit(crds()[kind], old)[0] if old is not None else None
-        try:
-            _parse(kind, defaulted, stored_old)
-            model_error = None
-        except models.InvalidSpec as error:
-            model_error = str(error)
+        stored_old = admit(crds()[kind], old)[0] if old is not None else None
+        model_error = _model_error(kind, defaulted, stored_old)
     return Verdict(
         kind=kind, name=name, api_errors=tuple(errors), model_error=model_error, defaulted=defaulted
     )
+
+
+def _model_error(kind: str, obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> str | None:
+    """What the operator's models say of `obj` (updating `old`, if given): None when they accept it."""
+    try:
+        _parse(kind, obj, old)
+    except models.InvalidSpec as error:
+        return str(error)
+    return None
 
 
 def _parse(kind: str, obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> None:
