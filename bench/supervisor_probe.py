@@ -8,12 +8,16 @@ process, alternately so that machine noise hits both alike:
 - ours: `SessionProbe.sample()` and the policy's `decide()`, all probes on: CPU, output (`wchar` and an
   output file) and connections (every session process's descriptors are listed each poll; this script holds
   an ESTABLISHED connection to an endpoint, which must not count, since it is not a session process);
+- psutil: the same scan as ours (the marker read once per process, CPU time, `wchar`, zombies left out,
+  the name watched for an exec) through `psutil.process_iter()` and `oneshot()` instead of reading `/proc`
+  directly, with ours' connection check; it finds the same processes. This is the column that decides
+  where the supervisor reads `/proc` itself: on the hot path, only where psutil costs more;
 - naive: the original's poll: `children(recursive=True)` from the session's root, `cpu_percent()` and
   `net_connections()` on every process, the output file's size.
 
-It prints CPU milliseconds per poll for both and their ratio (target: at most 1.0), then starts a real
-`fleetdispatch supervise` over the same processes and prints its peak RSS (VmHWM; target: at most 30 MiB)
-and its CPU per poll.
+It prints CPU milliseconds per poll for the three and the ratio ours/naive (target: at most 1.0), then
+starts a real `fleetdispatch supervise` over the same processes and prints its peak RSS (VmHWM; target: at
+most 25 MiB) and its CPU per poll.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from pathlib import Path
 
 import psutil
 
-from fleetdispatch.session.deadline import SupervisorConfig, decide, initial_state
+from fleetdispatch.session.config import SupervisorConfig
+from fleetdispatch.session.deadline import Counters, ProcessKey, Sample, decide, initial_state
 from fleetdispatch.session.probes import SessionProbe
 
 DISPATCH = f"bench/{os.getpid()}"
@@ -60,7 +65,42 @@ def naive_poll(root: psutil.Process, cache: dict[int, psutil.Process], output: P
     return active
 
 
-def measure(count: int, polls: int, state_dir: Path, port: int) -> tuple[float, float]:
+class PsutilScan:
+    """Ours' process scan, through psutil: what the supervisor would do per poll if psutil read `/proc`."""
+
+    def __init__(self, dispatch: str, attempt: str) -> None:
+        self._marker = {"FLEET_DISPATCH": dispatch, "FLEET_ATTEMPT": attempt}
+        me = psutil.Process()
+        self._excluded = {me, *me.parents()}
+        self._known: dict[psutil.Process, tuple[str, bool]] = {}
+
+    def sample(self) -> dict[ProcessKey, Counters]:
+        found: dict[ProcessKey, Counters] = {}
+        known: dict[psutil.Process, tuple[str, bool]] = {}
+        for process in psutil.process_iter():
+            if process in self._excluded:
+                continue
+            try:
+                with process.oneshot():
+                    name = process.name()
+                    entry = self._known.get(process)
+                    if entry is None or (not entry[1] and entry[0] != name):
+                        environ = process.environ()
+                        entry = (name, all(environ.get(k) == v for k, v in self._marker.items()))
+                    known[process] = entry
+                    if not entry[1] or process.status() == psutil.STATUS_ZOMBIE:
+                        continue
+                    cpu = process.cpu_times()
+                    found[(process.pid, int(process.create_time()))] = Counters(
+                        cpu.user + cpu.system, process.io_counters().write_chars
+                    )
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        self._known = known
+        return found
+
+
+def measure(count: int, polls: int, state_dir: Path, port: int) -> tuple[float, float, float]:
     config = SupervisorConfig(
         dispatch=DISPATCH,
         attempt="1",
@@ -76,19 +116,32 @@ def measure(count: int, polls: int, state_dir: Path, port: int) -> tuple[float, 
         state_dir=state_dir,
     )
     state = initial_state(config, time.monotonic())
+    psutil_probe = PsutilScan(DISPATCH, "1")
+    psutil_state = initial_state(config, time.monotonic())
     root, cache = psutil.Process(), {}
-    ours = naive = 0.0
+    ours = with_psutil = naive = 0.0
     for _ in range(polls):
         before = time.process_time()
         state, _ = decide(config, state, probe.sample(), time.monotonic())
         ours += time.process_time() - before
         before = time.process_time()
+        processes = psutil_probe.sample()
+        # Only the process scan differs: the connection check and the output sizes are ours in both.
+        psutil_sample = Sample(
+            processes=processes,
+            api_connection=probe._api_connection(processes),
+            output_sizes=probe._output_sizes(),
+        )
+        psutil_state, _ = decide(config, psutil_state, psutil_sample, time.monotonic())
+        with_psutil += time.process_time() - before
+        before = time.process_time()
         naive_poll(root, cache, state_dir / "transcript")
         naive += time.process_time() - before
     sample = probe.sample()
     assert len(sample.processes) == count, f"found {len(sample.processes)} session processes of {count}"
+    assert len(psutil_probe.sample()) == count, "the psutil scan finds another set of processes"
     assert not sample.api_connection, "a connection of a process outside the session counted"
-    return ours / polls * 1000, naive / polls * 1000
+    return ours / polls * 1000, with_psutil / polls * 1000, naive / polls * 1000
 
 
 def real_supervisor(state_dir: Path, poll: float, seconds: float) -> tuple[float, float]:
@@ -133,6 +186,7 @@ def main() -> None:
     columns = (
         "processes",
         "ours ms/poll",
+        "psutil ms/poll",
         "naive ms/poll",
         "ratio",
         "supervise RSS MiB",
@@ -146,7 +200,7 @@ def main() -> None:
             sessions = spawn(count)
             try:
                 time.sleep(0.5)
-                ours, naive = measure(count, args.polls, state_dir, port)
+                ours, with_psutil, naive = measure(count, args.polls, state_dir, port)
                 rss, per_poll = real_supervisor(state_dir, poll=1.0, seconds=args.supervisor_seconds)
             finally:
                 for process in sessions:
@@ -156,6 +210,7 @@ def main() -> None:
             figures = (
                 f"{count}",
                 f"{ours:.2f}",
+                f"{with_psutil:.2f}",
                 f"{naive:.2f}",
                 f"{ours / naive:.2f}",
                 f"{rss:.1f}",

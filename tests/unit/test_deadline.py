@@ -1,22 +1,21 @@
 """The deadline policy, exhaustively: extension follows now, never shrinks, is capped; idle output is its own
-timer; first sightings only prime; CPU share is judged over the real interval. Also the configuration."""
+timer; first sightings only prime; CPU share is judged over the real interval. The configuration and its
+command line are in test_supervisor_config.py."""
 
 from __future__ import annotations
 
 import dataclasses
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleetdispatch.api import models, names
+from fleetdispatch.session.config import SupervisorConfig
 from fleetdispatch.session.deadline import (
     Continue,
     Counters,
     Sample,
     State,
     Stop,
-    SupervisorConfig,
     WallClock,
     cap,
     decide,
@@ -44,114 +43,36 @@ def sample(cpu: float = 0.0, wchar: int | None = 0, api: bool = False, **outputs
 
 def run(config: SupervisorConfig, samples: list[tuple[float, Sample]]) -> tuple[State, list[object]]:
     state = initial_state(config, START)
-    decisions: list[object] = []
+    judgements: list[object] = []
     for now, seen in samples:
-        state, decision = decide(config, state, seen, now)
-        decisions.append(decision)
-    return state, decisions
-
-
-# -- configuration ----------------------------------------------------------------------------------------
-
-
-def test_defaults_are_the_crd_defaults() -> None:
-    default = SupervisorConfig()
-    timeouts, activity = models.Timeouts(), models.Activity()
-    assert default.deadline_seconds == timeouts.deadline_seconds
-    assert default.max_extension_seconds == timeouts.max_extension_seconds
-    assert default.idle_output_seconds == timeouts.idle_output_seconds
-    assert default.kill_grace_seconds == timeouts.kill_grace_seconds
-    assert default.poll_seconds == activity.poll_seconds
-    assert default.cpu_percent_threshold == activity.cpu_percent_threshold
-    assert list(default.api_endpoints) == activity.api_endpoints
-    assert list(default.output_paths) == activity.output_paths
-    assert default.state_dir == names.STATE_DIR
-
-
-def test_to_args_round_trips() -> None:
-    config = dataclasses.replace(
-        CONFIG,
-        api_endpoints=("models.example.com:443", "[::1]:8443", ":80"),
-        output_paths=("transcript.jsonl", "logs/out.txt"),
-        poll_seconds=0.25,
-        state_dir="/tmp/fleet",
-        pod_name="d-1",
-        namespace="ns",
-        api_server="http://127.0.0.1:8080",
-        token_file="/run/token",
-        ca_file="/run/ca.crt",
-        heartbeat_seconds=5,
-    )
-    assert SupervisorConfig.parse(config.to_args(), environ={}) == config
-    assert SupervisorConfig.parse(CONFIG.to_args(), environ={}) == CONFIG
-    # activity.apiEndpoints: [] means no endpoint, not the default one.
-    no_endpoints = dataclasses.replace(CONFIG, api_endpoints=())
-    assert SupervisorConfig.parse(no_endpoints.to_args(), environ={}).api_endpoints == ()
-
-
-def test_marker_and_state_dir_come_from_the_environment() -> None:
-    environ = {
-        "FLEET_DISPATCH": "team/job",
-        "FLEET_ATTEMPT": "3",
-        "FLEET_STATE_DIR": "/state",
-        "POD_NAME": "job-3",
-        "KUBERNETES_SERVICE_HOST": "fd00::1",
-        "KUBERNETES_SERVICE_PORT": "6443",
-    }
-    config = SupervisorConfig.parse([], environ=environ)
-    assert (config.dispatch, config.attempt, config.state_dir) == ("team/job", "3", "/state")
-    assert (config.pod_name, config.api_server) == ("job-3", "https://[fd00::1]:6443")
-    assert config.api_endpoints == (":443",)
-    assert SupervisorConfig.parse(["--attempt=4"], environ=environ).attempt == "4"
-
-
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        ([], "--dispatch and --attempt"),
-        (["--dispatch=a/b"], "--dispatch and --attempt"),
-        (["--dispatch=a/b", "--attempt=1", "--api-endpoint=example.com"], "--api-endpoint"),
-        (["--dispatch=a/b", "--attempt=1", "--output-path=/etc/passwd"], "--output-path"),
-        (["--dispatch=a/b", "--attempt=1", "--output-path=a/../../x"], "--output-path"),
-        (["--dispatch=a/b", "--attempt=1", "--deadline-seconds=0"], "--deadline-seconds"),
-        (["--dispatch=a/b", "--attempt=1", "--poll-seconds=soon"], "--poll-seconds"),
-    ],
-)
-def test_a_bad_command_line_names_the_flag(
-    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with pytest.raises(SystemExit) as exit_:
-        SupervisorConfig.parse(argv, environ={})
-    assert exit_.value.code == 2
-    assert message in capsys.readouterr().err
-
-
-# -- the policy ---------------------------------------------------------------------------------------
+        state, judgement = decide(config, state, seen, now)
+        judgements.append(judgement)
+    return state, judgements
 
 
 def test_the_initial_deadline_is_the_budget_and_nothing_happens_before_it() -> None:
     state = initial_state(CONFIG, START)
     assert state.deadline == START + 100
     assert cap(CONFIG, state) == START + 300
-    state, decision = decide(CONFIG, state, sample(), START + 99)
-    assert decision == Continue()
+    state, judgement = decide(CONFIG, state, sample(), START + 99)
+    assert judgement == Continue()
     assert state.deadline == START + 100
 
 
 def test_the_first_sighting_of_a_process_only_primes_it() -> None:
     # A process first seen with a lot of CPU time and bytes written: that history is not this interval's.
-    _, decisions = run(CONFIG, [(START + 10, sample(cpu=9.0, wchar=10**6))])
-    assert decisions == [Continue()]
+    _, judgements = run(CONFIG, [(START + 10, sample(cpu=9.0, wchar=10**6))])
+    assert judgements == [Continue()]
     # A second process appearing later is primed too, while the first one stays idle.
     newcomer = Sample(processes={SESSION: Counters(9.0, 10**6), (42, 2000): Counters(50.0, 10**7)})
-    state, decisions = run(CONFIG, [(START + 10, sample(cpu=9.0, wchar=10**6)), (START + 20, newcomer)])
-    assert decisions == [Continue(), Continue()]
+    state, judgements = run(CONFIG, [(START + 10, sample(cpu=9.0, wchar=10**6)), (START + 20, newcomer)])
+    assert judgements == [Continue(), Continue()]
     assert state.last_activity is None
 
 
 def test_cpu_above_the_threshold_extends_from_now() -> None:
-    state, decisions = run(NO_IDLE, [(START + 10, sample(cpu=1.0)), (START + 95, sample(cpu=10.0))])
-    assert decisions[1] == Continue(extended_from=START + 100)
+    state, judgements = run(NO_IDLE, [(START + 10, sample(cpu=1.0)), (START + 95, sample(cpu=10.0))])
+    assert judgements[1] == Continue(extended_from=START + 100)
     assert state.deadline == START + 95 + 2 * 10
     assert (state.last_activity, state.activity_reason) == (START + 95, "cpu")
 
@@ -159,10 +80,10 @@ def test_cpu_above_the_threshold_extends_from_now() -> None:
 def test_extension_follows_now_not_the_first_deadline() -> None:
     # The original tool's first bug: it extended from the first deadline it saw, so only once.
     samples = [(START + t, sample(cpu=t)) for t in range(10, 200, 10)]
-    state, decisions = run(NO_IDLE, samples)
-    assert all(isinstance(d, Continue) for d in decisions)
+    state, judgements = run(NO_IDLE, samples)
+    assert all(isinstance(d, Continue) for d in judgements)
     assert state.deadline == START + 190 + 20
-    moved = [d for d in decisions if isinstance(d, Continue) and d.extended_from is not None]
+    moved = [d for d in judgements if isinstance(d, Continue) and d.extended_from is not None]
     assert len(moved) >= 10
 
 
@@ -199,31 +120,31 @@ def test_an_always_active_session_is_stopped_at_the_cap_within_one_poll() -> Non
     while True:
         now += CONFIG.poll_seconds
         cpu += CONFIG.poll_seconds  # one full core, and output, and a connection: as active as it gets
-        state, decision = decide(
+        state, judgement = decide(
             CONFIG, state, Sample({SESSION: Counters(cpu, int(cpu))}, api_connection=True), now
         )
-        if isinstance(decision, Stop):
+        if isinstance(judgement, Stop):
             break
         assert state.deadline <= cap(CONFIG, state)
-    assert decision.reason == "DeadlineExceeded"
-    assert decision.deadline == decision.cap == START + 300
+    assert judgement.reason == "DeadlineExceeded"
+    assert judgement.deadline == judgement.cap == START + 300
     assert START + 300 <= now < START + 300 + CONFIG.poll_seconds
 
 
 def test_max_extension_zero_disables_extension() -> None:
     config = dataclasses.replace(CONFIG, max_extension_seconds=0)
     samples = [(START + t, sample(cpu=t, api=True)) for t in range(10, 100, 10)]
-    state, decisions = run(config, [*samples, (START + 100, sample(cpu=100, api=True))])
+    state, judgements = run(config, [*samples, (START + 100, sample(cpu=100, api=True))])
     assert state.deadline == START + 100
-    assert isinstance(decisions[-1], Stop) and decisions[-1].reason == "DeadlineExceeded"
+    assert isinstance(judgements[-1], Stop) and judgements[-1].reason == "DeadlineExceeded"
 
 
 def test_idle_output_is_judged_apart_from_an_open_api_connection() -> None:
     # The original tool's eighth bug: a client idling on an open connection must not live forever.
     samples = [(START + t, sample(api=True)) for t in range(10, 70, 10)]
-    state, decisions = run(CONFIG, samples)
+    state, judgements = run(CONFIG, samples)
     assert state.deadline > START + 100 - 1  # the connection does move the deadline...
-    stop = decisions[-1]
+    stop = judgements[-1]
     assert isinstance(stop, Stop) and stop.reason == "IdleTimeout"  # ...but is not output
     assert stop.last_output == START + 10 and stop.idle_seconds == 50
     assert stop.activity_reason == "api-connection"
@@ -231,24 +152,24 @@ def test_idle_output_is_judged_apart_from_an_open_api_connection() -> None:
 
 def test_idle_zero_disables_the_idle_stop() -> None:
     config = dataclasses.replace(CONFIG, idle_output_seconds=0)
-    _, decisions = run(config, [(START + t, sample()) for t in range(10, 100, 10)])
-    assert all(d == Continue() for d in decisions)
+    _, judgements = run(config, [(START + t, sample()) for t in range(10, 100, 10)])
+    assert all(d == Continue() for d in judgements)
     assert next_check(config, initial_state(config, START)) == START + 100
 
 
 def test_the_idle_timer_starts_when_the_session_appears() -> None:
     # The session container starts after the sidecar; nothing can write output before it exists.
     empty = Sample()
-    state, decisions = run(CONFIG, [(START + t, empty) for t in range(10, 90, 10)])
-    assert all(d == Continue() for d in decisions) and state.last_output is None
-    state, decision = decide(CONFIG, state, sample(), START + 90)
-    assert decision == Continue() and state.last_output == START + 90
+    state, judgements = run(CONFIG, [(START + t, empty) for t in range(10, 90, 10)])
+    assert all(d == Continue() for d in judgements) and state.last_output is None
+    state, judgement = decide(CONFIG, state, sample(), START + 90)
+    assert judgement == Continue() and state.last_output == START + 90
 
 
 def test_the_deadline_wins_when_both_are_due() -> None:
     config = dataclasses.replace(CONFIG, idle_output_seconds=90)
-    _, decisions = run(config, [(START + 10, sample()), (START + 100, sample())])
-    assert isinstance(decisions[-1], Stop) and decisions[-1].reason == "DeadlineExceeded"
+    _, judgements = run(config, [(START + 10, sample()), (START + 100, sample())])
+    assert isinstance(judgements[-1], Stop) and judgements[-1].reason == "DeadlineExceeded"
 
 
 def test_next_check_is_the_earlier_of_deadline_and_idle_limit() -> None:
@@ -316,7 +237,7 @@ def test_the_deadline_never_shrinks_never_passes_the_cap_and_stops_are_due(
         if replaced:
             pid += 1
         before = state
-        state, decision = decide(
+        state, judgement = decide(
             config, state, Sample({(pid, 0): Counters(cpu, wchar)}, api_connection=connected), now
         )
         assert state.deadline >= before.deadline
@@ -324,8 +245,8 @@ def test_the_deadline_never_shrinks_never_passes_the_cap_and_stops_are_due(
         if state.deadline > before.deadline:
             assert state.deadline <= now + 2 * poll_seconds
             assert state.activity_reason is not None and state.last_activity == now
-        if isinstance(decision, Stop):
-            if decision.reason == "DeadlineExceeded":
+        if isinstance(judgement, Stop):
+            if judgement.reason == "DeadlineExceeded":
                 assert now >= state.deadline
             else:
                 assert state.last_output is not None

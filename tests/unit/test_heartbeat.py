@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -14,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_supervisor_loop import Clock, ScriptedProbe
 
-from fleetdispatch.session.deadline import SupervisorConfig
+from fleetdispatch.devcluster.pki import Authority
+from fleetdispatch.session.config import SupervisorConfig
 from fleetdispatch.session.heartbeat import Heartbeat, LeaseStatus
-from fleetdispatch.session.supervisor import Supervisor
+from supervision import Clock, ScriptedProbe, scripted_supervisor
 from waiting import eventually
 
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/team/leases"
@@ -27,14 +28,15 @@ LEASES = "/apis/coordination.k8s.io/v1/namespaces/team/leases"
 class FakeApiServer(ThreadingHTTPServer):
     """Records requests; a Lease exists once POSTed."""
 
-    def __init__(self) -> None:
+    def __init__(self, scheme: str = "http") -> None:
         super().__init__(("127.0.0.1", 0), Handler)
+        self.scheme = scheme
         self.requests: list[tuple[str, str, str | None, Any]] = []
         self.lease: dict[str, Any] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+        return f"{self.scheme}://127.0.0.1:{self.server_address[1]}"
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -66,14 +68,29 @@ class Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PATCH = do_PUT = _handle  # noqa: N815 (http.server's names)
 
 
-@pytest.fixture
-def api_server() -> Iterator[FakeApiServer]:
-    server = FakeApiServer()
+def serving(server: FakeApiServer) -> Iterator[FakeApiServer]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def api_server() -> Iterator[FakeApiServer]:
+    yield from serving(FakeApiServer())
+
+
+@pytest.fixture
+def tls_api_server(tmp_path: Path) -> Iterator[FakeApiServer]:
+    """Over HTTPS, with a certificate for 127.0.0.1 from a CA whose `ca.crt` lies beside the token."""
+    authority = Authority(tmp_path)
+    pair = authority.issue("server", "127.0.0.1", server_names=("127.0.0.1",), client=False)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pair.certificate, pair.key)
+    server = FakeApiServer(scheme="https")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    yield from serving(server)
 
 
 def heartbeat(tmp_path: Path, server: str, **options: Any) -> Heartbeat:
@@ -118,6 +135,27 @@ def test_the_lease_is_created_then_renewed(tmp_path: Path, api_server: FakeApiSe
     assert patches[-1]["metadata"]["annotations"]["fleet.dispatch.dev/deadline"] == "2027-01-15T08:01:00Z"
     assert patches[-1]["metadata"]["annotations"]["fleet.dispatch.dev/last-output"] == "2027-01-15T08:00:00Z"
     assert patches[-1]["spec"]["renewTime"].endswith("Z")
+
+
+def test_over_https_the_server_is_verified_against_the_ca_beside_the_token(
+    tmp_path: Path, tls_api_server: FakeApiServer
+) -> None:
+    beat = heartbeat(tmp_path, tls_api_server.url)
+    beat.start()
+    beat.update(LeaseStatus(deadline=1_800_000_000))
+    eventually(lambda: tls_api_server.lease is not None, 10, "the Lease created over HTTPS")
+    # Another CA: the same server is refused, and the heartbeat only logs it.
+    other = tmp_path / "other"
+    other.mkdir()
+    Authority(other / "pki")
+    (other / "ca.crt").write_bytes((other / "pki" / "ca.crt").read_bytes())
+    events: list[dict[str, Any]] = []
+    untrusting = heartbeat(other, tls_api_server.url, events=events)
+    untrusting.start()
+    untrusting.update(LeaseStatus(deadline=1_800_000_000))
+    eventually(lambda: any(e["event"] == "heartbeat-error" for e in events), 10, "a refused certificate")
+    assert "CERTIFICATE_VERIFY_FAILED" in str(events[0]["error"])
+    assert {e["event"] for e in events} == {"heartbeat-error"}
 
 
 def test_the_request_rate_is_bounded(tmp_path: Path, api_server: FakeApiServer) -> None:
@@ -168,16 +206,7 @@ def test_an_unreachable_api_server_does_not_delay_supervision(tmp_path: Path) ->
             attempt="1",
         )
         started = time.monotonic()
-        supervisor = Supervisor(
-            config,
-            probe=probe,
-            heartbeat=beat,
-            log=lambda event, **fields: None,
-            monotonic=clock.monotonic,
-            wall=clock.wall,
-            sleep=clock.sleep,
-        )
-        assert supervisor.run() == 0
+        assert scripted_supervisor(config, clock, probe, heartbeat=beat).run() == 0
         assert time.monotonic() - started < 1.0  # 30 polls, while one request waits 5 s for its answer
         assert probe.signals and probe.signals[0][0] == 130.0
     finally:
@@ -185,14 +214,15 @@ def test_an_unreachable_api_server_does_not_delay_supervision(tmp_path: Path) ->
 
 
 def test_the_supervise_command_does_not_load_the_operators_heavy_modules() -> None:
-    # The supervisor's memory budget is 30 MiB: pydantic, the CEL evaluator, kopf and the Kubernetes
-    # client would each take a large part of it.
+    # The supervisor's memory budget is 25 MiB: pydantic, the CEL evaluator, kopf and the Kubernetes
+    # client would each take a large part of it; so would asyncio (anyio's event loop), psutil and
+    # urllib.request, which the supervisor does without (see `supervisor`, `probes` and `heartbeat`).
     code = (
         "import sys\n"
         "from fleetdispatch import cli\n"
-        "from fleetdispatch.session import supervisor, heartbeat, probes, deadline, protocol\n"
+        "from fleetdispatch.session import supervisor, heartbeat, probes, deadline, config, protocol\n"
         "heavy = ('pydantic', 'celpy', 'kopf', 'kubernetes', 'yaml', 'fleetdispatch.validation',"
-        " 'fleetdispatch.validation.admission', 'fleetdispatch.api.models')\n"
+        " 'fleetdispatch.api.models', 'asyncio', 'anyio', 'psutil', 'urllib.request')\n"
         "print(sorted(m for m in sys.modules if m.startswith(heavy)))\n"
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

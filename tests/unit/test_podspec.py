@@ -15,7 +15,7 @@ from fleetdispatch.api.settings import OperatorSettings
 from fleetdispatch.core import podspec
 from fleetdispatch.core.podspec import AttemptRequest, DispatchRef
 from fleetdispatch.session import protocol
-from fleetdispatch.session.deadline import SupervisorConfig
+from fleetdispatch.session.config import SupervisorConfig
 
 NOW = 1_700_000_000.75
 SETTINGS = OperatorSettings()

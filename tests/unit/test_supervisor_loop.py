@@ -10,67 +10,8 @@ from typing import Any
 import pytest
 
 from fleetdispatch.session import protocol
-from fleetdispatch.session.deadline import Counters, ProcessKey, Sample, SupervisorConfig
-from fleetdispatch.session.heartbeat import LeaseStatus
-from fleetdispatch.session.supervisor import Supervisor
-
-WALL_START = 1_800_000_000.0
-SESSION: ProcessKey = (41, 1000)
-
-
-class Clock:
-    """Monotonic time that moves only when the loop sleeps; the wall clock may be stepped by the test."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.wall_step = 0.0
-        self.on_sleep: list[Any] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def wall(self) -> float:
-        return WALL_START + (self.now - 100.0) + self.wall_step
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-        for hook in self.on_sleep:
-            hook()
-
-
-class ScriptedProbe:
-    """One session process whose CPU time follows `cpu(now)`; it exits on the first signal it gets."""
-
-    def __init__(self, clock: Clock, cpu_share: float = 0.0, ignores_term: bool = False) -> None:
-        self.clock = clock
-        self.cpu_share = cpu_share
-        self.ignores_term = ignores_term
-        self.alive = True
-        self.signals: list[tuple[float, int]] = []
-
-    def sample(self) -> Sample:
-        if not self.alive:
-            return Sample()
-        return Sample({SESSION: Counters(cpu_seconds=self.cpu_share * self.clock.now, write_chars=0)})
-
-    def session_processes(self) -> list[ProcessKey]:
-        return [SESSION] if self.alive else []
-
-    def signal(self, key: ProcessKey, signum: int) -> bool:
-        if not self.alive:
-            return False
-        self.signals.append((self.clock.now, signum))
-        if signum == signal.SIGKILL or not self.ignores_term:
-            self.alive = False
-        return True
-
-
-class Beats:
-    def __init__(self) -> None:
-        self.statuses: list[LeaseStatus] = []
-
-    def update(self, status: LeaseStatus) -> None:
-        self.statuses.append(status)
+from fleetdispatch.session.config import SupervisorConfig
+from supervision import WALL_START, Beats, Clock, ScriptedProbe, scripted_supervisor
 
 
 def config(tmp_path: Path, **values: Any) -> SupervisorConfig:
@@ -87,19 +28,6 @@ def config(tmp_path: Path, **values: Any) -> SupervisorConfig:
     return SupervisorConfig(**{**defaults, **values})
 
 
-def supervisor(cfg: SupervisorConfig, clock: Clock, probe: ScriptedProbe, **options: Any) -> Supervisor:
-    events: list[dict[str, Any]] = options.pop("events", [])
-    return Supervisor(
-        cfg,
-        probe=probe,
-        log=lambda event, **fields: events.append({"event": event, **fields}),
-        monotonic=clock.monotonic,
-        wall=clock.wall,
-        sleep=clock.sleep,
-        **options,
-    )
-
-
 @pytest.mark.parametrize("step", [-3600.0, 3600.0], ids=["backwards", "forwards"])
 def test_a_wall_clock_step_neither_extends_nor_kills(tmp_path: Path, step: float) -> None:
     clock = Clock()
@@ -112,7 +40,7 @@ def test_a_wall_clock_step_neither_extends_nor_kills(tmp_path: Path, step: float
         published.append(protocol.read_deadline(tmp_path))
 
     clock.on_sleep.append(watch)
-    assert supervisor(config(tmp_path), clock, probe).run() == 0
+    assert scripted_supervisor(config(tmp_path), clock, probe).run() == 0
     assert probe.signals[0] == (110.0, signal.SIGTERM)  # the monotonic deadline, exactly
     assert set(published) == {int(WALL_START + 10)}
 
@@ -125,7 +53,7 @@ def test_the_deadline_file_follows_every_extension(tmp_path: Path) -> None:
     clock.on_sleep.append(lambda: published.append(protocol.read_deadline(tmp_path)))
     beats = Beats()
     events: list[dict[str, Any]] = []
-    assert supervisor(config(tmp_path), clock, probe, heartbeat=beats, events=events).run() == 0
+    assert scripted_supervisor(config(tmp_path), clock, probe, heartbeat=beats, events=events).run() == 0
     moves = sorted({d for d in published if d is not None})
     assert moves[0] == int(WALL_START + 10) and moves[-1] == int(WALL_START + 30)
     assert len(moves) >= 15
@@ -139,7 +67,7 @@ def test_the_deadline_file_follows_every_extension(tmp_path: Path) -> None:
 def test_kill_follows_term_after_the_grace(tmp_path: Path) -> None:
     clock = Clock()
     probe = ScriptedProbe(clock, ignores_term=True)
-    assert supervisor(config(tmp_path, kill_grace_seconds=3), clock, probe).run() == 0
+    assert scripted_supervisor(config(tmp_path, kill_grace_seconds=3), clock, probe).run() == 0
     assert probe.signals == [(110.0, signal.SIGTERM), (113.0, signal.SIGKILL)]
 
 
@@ -147,7 +75,7 @@ def test_terminate_ends_the_loop_without_signalling(tmp_path: Path) -> None:
     clock = Clock()
     probe = ScriptedProbe(clock)
     events: list[dict[str, Any]] = []
-    loop = supervisor(config(tmp_path), clock, probe, events=events)
+    loop = scripted_supervisor(config(tmp_path), clock, probe, events=events)
     clock.on_sleep.append(lambda: loop.terminate() if clock.now >= 103 else None)
     assert loop.run() == 0
     assert probe.signals == [] and probe.alive
@@ -159,7 +87,7 @@ def test_a_quiet_loop_logs_only_what_changes(tmp_path: Path) -> None:
     clock = Clock()
     probe = ScriptedProbe(clock)
     events: list[dict[str, Any]] = []
-    assert supervisor(config(tmp_path), clock, probe, events=events).run() == 0
+    assert scripted_supervisor(config(tmp_path), clock, probe, events=events).run() == 0
     assert [e["event"] for e in events] == ["start", "stop", "signalled", "exit"]
 
 
@@ -169,7 +97,7 @@ def test_the_final_figures_are_reported_on_every_exit_after_the_session_was_seen
     probe = ScriptedProbe(clock, cpu_share=1.0)
     clock.on_sleep.append(lambda: setattr(probe, "alive", clock.now < 115))
     report = tmp_path / "termination-log"
-    assert supervisor(config(tmp_path, report_file=str(report)), clock, probe).run() == 0
+    assert scripted_supervisor(config(tmp_path, report_file=str(report)), clock, probe).run() == 0
     figures = json.loads(report.read_text())
     assert figures["activityReason"] == "cpu"
     assert figures["deadlineCap"] == protocol.format_time(WALL_START + 30)
@@ -178,7 +106,7 @@ def test_the_final_figures_are_reported_on_every_exit_after_the_session_was_seen
     for ending in ("stop", "terminate"):
         clock, report = Clock(), tmp_path / f"{ending}.log"
         probe = ScriptedProbe(clock)
-        loop = supervisor(config(tmp_path, report_file=str(report)), clock, probe)
+        loop = scripted_supervisor(config(tmp_path, report_file=str(report)), clock, probe)
         if ending == "terminate":
             clock.on_sleep.append(
                 lambda loop=loop, clock=clock: loop.terminate() if clock.now >= 103 else None

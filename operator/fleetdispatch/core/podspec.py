@@ -67,7 +67,7 @@ from fleetdispatch.api import models, names
 from fleetdispatch.api.names import ATTEMPT_LABEL, DISPATCH_LABEL
 from fleetdispatch.api.settings import OperatorSettings
 from fleetdispatch.session import protocol
-from fleetdispatch.session.deadline import SupervisorConfig
+from fleetdispatch.session.config import SupervisorConfig
 
 DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
 SUPERVISOR_REPORT_PATH = "/dev/termination-log"

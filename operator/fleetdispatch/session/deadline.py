@@ -1,7 +1,7 @@
 """The deadline policy: from what the probes saw, decide whether a session lives on, and until when.
 
-`decide(config, state, sample, now) -> (state, decision)` is a pure function: the supervisor's loop measures
-(`probes`) and acts (signals, files), this module only judges. One attempt's rules:
+`decide(config, state, sample, now) -> (state, judgement)` is a pure function: the supervisor's loop
+measures (`probes`) and acts (signals, files), this module only judges. One attempt's rules:
 
 - Activity in a poll interval is any session process above `cpu_percent_threshold` percent of one core, an
   ESTABLISHED connection to an `api_endpoints` entry, or output (a session process wrote bytes, or an
@@ -26,269 +26,22 @@ or forwards (NTP, a suspended VM) neither extends nor kills. The shell converts 
 express an instant (the `deadline` file, the outcome, the Lease), with one offset captured at start
 (`WallClock`): the deadline it publishes is the one it enforces, and a later clock step does not move it.
 
-`SupervisorConfig` is the supervisor's whole configuration and its command line (`to_args`, `parse`), in
-one place, so that the operator's pod builder turns a spec into arguments with one call. Its defaults are
-the CRD's defaults. It is standard library only: the supervisor must not import pydantic.
+The configuration it judges by (`SupervisorConfig`) and the supervisor's command line are in `config`.
 
 Deliberately not here: reading `/proc`, clocks, sleeping, signals, files, HTTP.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import math
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 from fleetdispatch.session import protocol
-
-DEFAULT_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-ENV_TOKEN_FILE = "FLEET_TOKEN_FILE"
+from fleetdispatch.session.config import SupervisorConfig
 
 ActivityReason = Literal["cpu", "api-connection", "output"]
 StopReason = Literal["DeadlineExceeded", "IdleTimeout"]
-
-
-@dataclass(frozen=True)
-class SupervisorConfig:
-    """What one supervisor enforces. The first six fields are `spec.timeouts` and `spec.activity`."""
-
-    deadline_seconds: int = 3600
-    max_extension_seconds: int = 7200
-    idle_output_seconds: int = 1800
-    kill_grace_seconds: int = 30
-    poll_seconds: float = 10
-    cpu_percent_threshold: int = 10
-    api_endpoints: tuple[str, ...] = (":443",)
-    output_paths: tuple[str, ...] = ()
-    state_dir: str = protocol.DEFAULT_STATE_DIR
-    dispatch: str = ""
-    attempt: str = ""
-    # The Lease heartbeat; it is off unless a token file exists and a pod name is known.
-    pod_name: str | None = None
-    # The pod's uid (downward API), so the Lease is owned by the pod and collected with it.
-    pod_uid: str | None = None
-    namespace: str | None = None
-    api_server: str | None = None
-    token_file: str = DEFAULT_TOKEN_FILE
-    ca_file: str | None = None
-    heartbeat_seconds: float = 30
-    # Where the final figures go on exit: the supervisor container's termination message file.
-    report_file: str | None = None
-
-    @property
-    def cap_seconds(self) -> int:
-        """How long after start the deadline may be at most."""
-        return self.deadline_seconds + self.max_extension_seconds
-
-    def to_args(self) -> list[str]:
-        """The `fleetdispatch supervise` arguments that `parse` turns back into this configuration."""
-        args = [
-            f"--deadline-seconds={self.deadline_seconds}",
-            f"--max-extension-seconds={self.max_extension_seconds}",
-            f"--idle-output-seconds={self.idle_output_seconds}",
-            f"--kill-grace-seconds={self.kill_grace_seconds}",
-            f"--poll-seconds={self.poll_seconds:g}",
-            f"--cpu-percent-threshold={self.cpu_percent_threshold}",
-        ]
-        args += [f"--api-endpoint={endpoint}" for endpoint in self.api_endpoints]
-        if not self.api_endpoints:
-            args.append("--no-api-endpoints")
-        args += [f"--output-path={path}" for path in self.output_paths]
-        args += [f"--state-dir={self.state_dir}", f"--dispatch={self.dispatch}", f"--attempt={self.attempt}"]
-        for flag, value in (
-            ("--pod-name", self.pod_name),
-            ("--pod-uid", self.pod_uid),
-            ("--namespace", self.namespace),
-            ("--api-server", self.api_server),
-            ("--ca-file", self.ca_file),
-        ):
-            if value is not None:
-                args.append(f"{flag}={value}")
-        if self.token_file != DEFAULT_TOKEN_FILE:
-            args.append(f"--token-file={self.token_file}")
-        if self.report_file is not None:
-            args.append(f"--report-file={self.report_file}")
-        if self.heartbeat_seconds != SupervisorConfig.heartbeat_seconds:
-            args.append(f"--heartbeat-seconds={self.heartbeat_seconds:g}")
-        return args
-
-    @classmethod
-    def parse(cls, argv: Sequence[str], environ: Mapping[str, str] | None = None) -> SupervisorConfig:
-        """The configuration from a command line; flags left out come from `environ`, then the defaults."""
-        parser = argparse.ArgumentParser(
-            prog="fleetdispatch supervise", description="Supervise one session attempt of a FleetDispatch."
-        )
-        add_arguments(parser, os.environ if environ is None else environ)
-        return from_namespace(parser, parser.parse_args(list(argv)))
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One `apiEndpoints` entry: `host` is None for `:port` (any host)."""
-
-    host: str | None
-    port: int
-
-    @classmethod
-    def parse(cls, text: str) -> Endpoint:
-        host, sep, port = text.rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"apiEndpoints entry {text!r}: expected host:port, [ipv6]:port or :port")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        return cls(host or None, int(port))
-
-
-def _kubernetes_api_server(environ: Mapping[str, str]) -> str | None:
-    host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT", "443")
-    if not host:
-        return None
-    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
-
-
-def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
-    """Declare the supervisor's flags on `parser` (the `fleetdispatch supervise` subcommand)."""
-    default = SupervisorConfig()
-
-    def number(kind: type[int] | type[float], minimum: float) -> Callable[[str], int | float]:
-        def convert(text: str) -> int | float:
-            try:
-                value = kind(text)
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-            if not math.isfinite(value) or value < minimum:
-                raise argparse.ArgumentTypeError(f"must be at least {minimum:g}: {text!r}")
-            return value
-
-        return convert
-
-    spec = parser.add_argument_group("the spec (spec.timeouts and spec.activity)")
-    for flag, kind, minimum, meaning in (
-        ("deadline-seconds", int, 1, "timeouts.deadlineSeconds: the initial budget"),
-        ("max-extension-seconds", int, 0, "timeouts.maxExtensionSeconds: the cap past the budget; 0: none"),
-        ("idle-output-seconds", int, 0, "timeouts.idleOutputSeconds: stop after no output this long; 0: off"),
-        ("kill-grace-seconds", int, 0, "timeouts.killGraceSeconds: between TERM and KILL"),
-        ("poll-seconds", float, 0.01, "activity.pollSeconds: how often the session is sampled"),
-        ("cpu-percent-threshold", int, 1, "activity.cpuPercentThreshold: percent of one core that is active"),
-    ):
-        dest = flag.replace("-", "_")
-        spec.add_argument(
-            f"--{flag}",
-            dest=dest,
-            type=number(kind, minimum),
-            default=getattr(default, dest),
-            metavar="N",
-            help=f"{meaning} (default {getattr(default, dest):g})",
-        )
-    spec.add_argument(
-        "--api-endpoint",
-        dest="api_endpoints",
-        action="append",
-        metavar="HOST:PORT",
-        help="activity.apiEndpoints, repeatable: host:port, [ipv6]:port or :port (default :443)",
-    )
-    spec.add_argument(
-        "--no-api-endpoints",
-        action="store_true",
-        help="activity.apiEndpoints: []: no connection counts as activity",
-    )
-    spec.add_argument(
-        "--output-path",
-        dest="output_paths",
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="activity.outputPaths, repeatable: a file relative to the state directory",
-    )
-    session = parser.add_argument_group("the attempt")
-    session.add_argument(
-        "--state-dir",
-        default=environ.get(protocol.ENV_STATE_DIR) or protocol.DEFAULT_STATE_DIR,
-        help=f"the shared volume (default ${protocol.ENV_STATE_DIR} or {protocol.DEFAULT_STATE_DIR})",
-    )
-    session.add_argument(
-        "--dispatch",
-        default=environ.get(protocol.ENV_DISPATCH, ""),
-        help=f"namespace/name: session processes carry it in {protocol.ENV_DISPATCH} (default: from env)",
-    )
-    session.add_argument(
-        "--attempt",
-        default=environ.get(protocol.ENV_ATTEMPT, ""),
-        help=f"session processes carry it in {protocol.ENV_ATTEMPT} (default: from env)",
-    )
-    lease = parser.add_argument_group("the Lease heartbeat (on when the token file exists)")
-    lease.add_argument(
-        "--pod-name", default=environ.get("POD_NAME"), help="the Lease's name (default $POD_NAME)"
-    )
-    lease.add_argument(
-        "--pod-uid",
-        default=environ.get("POD_UID"),
-        help="the pod's uid: the Lease's owner, so it goes with the pod (default $POD_UID)",
-    )
-    lease.add_argument(
-        "--namespace",
-        default=environ.get("POD_NAMESPACE"),
-        help="default $POD_NAMESPACE, else the `namespace` file beside the token",
-    )
-    lease.add_argument(
-        "--api-server",
-        default=_kubernetes_api_server(environ),
-        help="http(s)://host:port (default from KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT)",
-    )
-    lease.add_argument(
-        "--token-file",
-        default=environ.get(ENV_TOKEN_FILE) or DEFAULT_TOKEN_FILE,
-        help=f"a service account token (default ${ENV_TOKEN_FILE} or {DEFAULT_TOKEN_FILE})",
-    )
-    lease.add_argument(
-        "--ca-file", default=None, help="the API server's CA (default: ca.crt beside the token)"
-    )
-    spec.add_argument(
-        "--report-file",
-        metavar="PATH",
-        help="on exit, write the final deadline and activity here as JSON (the operator's pod sets its "
-        "termination message path, /dev/termination-log)",
-    )
-    lease.add_argument(
-        "--heartbeat-seconds",
-        type=number(float, 0.01),
-        default=default.heartbeat_seconds,
-        metavar="N",
-        help=f"the Lease is renewed at most this often (default {default.heartbeat_seconds:g})",
-    )
-
-
-def from_namespace(parser: argparse.ArgumentParser, args: argparse.Namespace) -> SupervisorConfig:
-    """The configuration from parsed flags; a missing marker is a usage error naming flag and variable."""
-    if not args.dispatch or not args.attempt:
-        parser.error(
-            f"--dispatch and --attempt (or {protocol.ENV_DISPATCH} and {protocol.ENV_ATTEMPT}) are required: "
-            "they mark the session processes to supervise"
-        )
-    for endpoint in args.api_endpoints or ():
-        try:
-            Endpoint.parse(endpoint)
-        except ValueError as error:
-            parser.error(f"--api-endpoint: {error}")
-    for path in args.output_paths:
-        if path.startswith("/") or ".." in path.split("/"):
-            parser.error(f"--output-path {path!r}: relative to --state-dir, without '..'")
-    names = {f.name for f in dataclasses.fields(SupervisorConfig)}
-    values = {key: value for key, value in vars(args).items() if key in names}
-    if args.no_api_endpoints and args.api_endpoints:
-        parser.error("--no-api-endpoints and --api-endpoint contradict each other")
-    values["api_endpoints"] = (
-        () if args.no_api_endpoints else tuple(args.api_endpoints or SupervisorConfig.api_endpoints)
-    )
-    values["output_paths"] = tuple(args.output_paths)
-    return SupervisorConfig(**values)
-
-
-# -- the policy -----------------------------------------------------------------------------------------
 
 ProcessKey = tuple[int, int]
 """A process as (pid, start time in clock ticks since boot): unique even when the pid is reused."""
@@ -347,7 +100,8 @@ class Stop:
     idle_seconds: float | None = None
 
 
-Decision = Continue | Stop
+Judgement = Continue | Stop
+"""What the policy rules for one poll."""
 
 
 def initial_state(config: SupervisorConfig, now: float) -> State:
@@ -398,7 +152,7 @@ def _activity(
     return None, False
 
 
-def decide(config: SupervisorConfig, state: State, sample: Sample, now: float) -> tuple[State, Decision]:
+def decide(config: SupervisorConfig, state: State, sample: Sample, now: float) -> tuple[State, Judgement]:
     """Judge one sample taken at `now` (monotonic seconds); returns the new state and what to do."""
     reason, output = _activity(config, state, sample, now)
     first_sighting = not state.session_seen and bool(sample.processes)

@@ -1,15 +1,23 @@
 """The heartbeat: a `coordination.k8s.io/v1` Lease, named after the pod, that the supervisor renews.
 
 It tells the operator that the supervisor is alive and what it currently enforces: the Lease's annotations
-carry the effective deadline, the last activity and its reason, and the last output, which the operator
-mirrors into the dispatch's status. It is optional (on only when a service account token is mounted into
-the supervisor) and never in the way: requests run in a daemon thread with short timeouts, the supervision
-loop only hands over its latest figures, and errors are logged with an exponential backoff, never raised.
-If the API is unreachable the supervisor goes on enforcing locally; the session never depends on this.
+carry the supervisor's report (`protocol.report`: the effective deadline, the last activity and its reason,
+and the last output), which the operator mirrors into the dispatch's status. It is optional (on only when a
+service account token is mounted into the supervisor) and never in the way: requests run in a daemon thread
+with short timeouts, the supervision loop only hands over its latest figures, and errors are logged with an
+exponential backoff, never raised. If the API is unreachable the supervisor goes on enforcing locally; the
+session never depends on this.
 
-Requests go through `urllib` with the standard `ssl` module, not the Kubernetes client, which would
-multiply the supervisor's memory. The token is re-read for every request (projected tokens rotate).
-Plain `http://` servers work too (the local dev cluster serves plain HTTP).
+Requests go through `http.client` with the standard `ssl` module, one connection per request and never
+through a proxy (a proxy variable in the pod must not route the pod's credentials elsewhere). Not the
+Kubernetes client, which would multiply the supervisor's memory, and not `urllib.request`, whose
+redirects, proxies and handlers the Lease never needs and which cost the supervisor 0.7 to 1.1 MiB of
+its 25 MiB budget (peak RSS 22.4 against 21.3 MiB imported, 24.7 against 24.0 at a stop with the Lease
+heartbeat on). The token is re-read for every request (projected tokens rotate). Plain `http://` servers
+work too.
+
+A daemon thread, not an anyio task: anyio's event loop (asyncio) would take the supervisor over its
+budget (see `supervisor`), and the requests would still run in a worker thread (`http.client` blocks).
 
 Rate: at most one write per `interval` seconds, sent when the figures changed or when the Lease is due for
 renewal (every `interval` seconds); `leaseDurationSeconds` is three intervals, so one lost request does not
@@ -20,25 +28,47 @@ Deliberately not here: reading Leases back (that is the operator's business) and
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import ssl
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import SplitResult, urlsplit
 
+from fleetdispatch.api import names
 from fleetdispatch.session import protocol
 
-ANNOTATION_PREFIX = "fleet.dispatch.dev/"
+ANNOTATION_PREFIX = f"{names.GROUP}/"
+# The Lease's annotation (after the prefix) for each report field it carries.
+ANNOTATIONS = {
+    protocol.REPORT_DEADLINE: "deadline",
+    protocol.REPORT_LAST_ACTIVITY: "last-activity",
+    protocol.REPORT_ACTIVITY_REASON: "activity-reason",
+    protocol.REPORT_LAST_OUTPUT: "last-output",
+}
 REQUEST_TIMEOUT_SECONDS = 5.0
 MAX_BACKOFF_SECONDS = 300.0
 
 Log = Callable[..., None]
+
+
+def _server_url(server: str) -> SplitResult | None:
+    """The API server's URL, when it is one the heartbeat can use."""
+    url = urlsplit(server)
+    try:
+        url.port  # noqa: B018 (a bad port raises here)
+    except ValueError:
+        return None
+    return url if url.scheme in ("http", "https") and url.hostname else None
+
+
+class LeaseRequestError(Exception):
+    """The API server answered a Lease request with an error status (other than 404 and 409)."""
 
 
 @dataclass(frozen=True)
@@ -51,13 +81,10 @@ class LeaseStatus:
     last_output: float | None = None
 
     def annotations(self) -> dict[str, str]:
-        values = {
-            "deadline": protocol.format_time(self.deadline),
-            "last-activity": None if self.last_activity is None else protocol.format_time(self.last_activity),
-            "activity-reason": self.activity_reason,
-            "last-output": None if self.last_output is None else protocol.format_time(self.last_output),
-        }
-        return {ANNOTATION_PREFIX + key: value for key, value in values.items() if value is not None}
+        report = protocol.report(
+            self.deadline, None, self.last_activity, self.activity_reason, self.last_output
+        )
+        return {ANNOTATION_PREFIX + ANNOTATIONS[field]: value for field, value in report.items()}
 
 
 class Heartbeat:
@@ -78,7 +105,16 @@ class Heartbeat:
         pod_uid: str | None = None,
     ) -> None:
         self._pod_uid = pod_uid
-        self._url = f"{server.rstrip('/')}/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+        url = _server_url(server)
+        if url is None:
+            raise ValueError(f"the API server {server!r}: expected http(s)://host[:port]")
+        self._host, self._port, self._prefix = url.hostname or "", url.port, url.path.rstrip("/")
+        # Verified against the service account's CA (else the system's), the server's name included.
+        self._tls = (
+            ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+            if url.scheme == "https"
+            else None
+        )
         self._namespace = namespace
         self._name = name
         self._token_file = token_file
@@ -86,11 +122,6 @@ class Heartbeat:
         self._log = log
         self._wall = wall
         self._timeout = timeout
-        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-        # No proxies: a proxy variable in the pod must not route the pod's credentials elsewhere.
-        self._opener = urllib.request.build_opener(
-            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
-        )
         self._latest: LeaseStatus | None = None
         self._lock = threading.Lock()
         self._changed = threading.Event()
@@ -128,6 +159,9 @@ class Heartbeat:
             log("heartbeat-off", reason=f"a token is mounted but the {', '.join(missing)} is unknown")
             return None
         assert pod_name and namespace and server
+        if _server_url(server) is None:
+            log("heartbeat-off", reason=f"the API server {server!r} is not http(s)://host[:port]")
+            return None
         ca = Path(ca_file) if ca_file else token.parent / "ca.crt"
         return cls(
             server=server,
@@ -179,26 +213,32 @@ class Heartbeat:
             failures, sent = 0, status
             time.sleep(self._interval)
 
-    def _request(self, method: str, url: str, body: dict[str, Any] | None, content_type: str) -> int:
+    def _request(self, method: str, path: str, body: dict[str, Any] | None, content_type: str) -> int:
+        """One request on a fresh connection; the status, when it is a success, 404 or 409."""
         token = self._token_file.read_text(encoding="utf-8").strip()
-        request = urllib.request.Request(
-            url,
-            data=None if body is None else json.dumps(body).encode(),
-            method=method,
-            headers={
-                "Authorization": f"Bearer {token}",
-                "Accept": "application/json",
-                "Content-Type": content_type,
-            },
+        connection = (
+            http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout, context=self._tls)
+            if self._tls is not None
+            else http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
         )
         try:
-            with self._opener.open(request, timeout=self._timeout) as response:
-                response.read()
-                return int(response.status)
-        except urllib.error.HTTPError as error:
-            if error.code in (404, 409):
-                return error.code
-            raise
+            connection.request(
+                method,
+                self._prefix + path,
+                body=None if body is None else json.dumps(body).encode(),
+                headers={
+                    "Authorization": f"Bearer {token}",
+                    "Accept": "application/json",
+                    "Content-Type": content_type,
+                },
+            )
+            response = connection.getresponse()
+            response.read()
+        finally:
+            connection.close()
+        if 200 <= response.status < 300 or response.status in (404, 409):
+            return response.status
+        raise LeaseRequestError(f"{method} {path}: HTTP {response.status} {response.reason}")
 
     def _send(self, status: LeaseStatus) -> None:
         now = protocol.format_micro_time(self._wall())
@@ -207,7 +247,8 @@ class Heartbeat:
             "leaseDurationSeconds": max(1, math.ceil(3 * self._interval)),
             "renewTime": now,
         }
-        item = f"{self._url}/{self._name}"
+        collection = names.LEASES.path(self._namespace)
+        item = names.LEASES.path(self._namespace, self._name)
         if self._exists is None:
             self._exists = self._request("GET", item, None, "application/json") != 404
         if self._exists:
@@ -225,12 +266,12 @@ class Heartbeat:
             owner = {"apiVersion": "v1", "kind": "Pod", "name": self._name, "uid": self._pod_uid}
             metadata["ownerReferences"] = [owner]
         lease = {
-            "apiVersion": "coordination.k8s.io/v1",
+            "apiVersion": f"{names.LEASES.group}/{names.LEASES.version}",
             "kind": "Lease",
             "metadata": metadata,
             "spec": {**spec, "acquireTime": now},
         }
-        code = self._request("POST", self._url, lease, "application/json")
+        code = self._request("POST", collection, lease, "application/json")
         # 409: created meanwhile (a restarted supervisor racing its predecessor); the next round patches it.
         self._exists = True
         if code == 409:
