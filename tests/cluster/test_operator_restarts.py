@@ -194,7 +194,7 @@ def test_requeued_and_suspended_survive_a_restart(operator: OperatorProcess, ns:
     assert env["FLEET_RESUME"] == "1" and env["FLEET_RESUME_TOKEN"] == "tok-1"
     assert ns.status("quota")["failures"] == 0
 
-    ns.patchdispatch_spec("quota", {"suspend": True})
+    ns.patch_spec("quota", {"suspend": True})
     ns.wait_phase("quota", "Suspended")
     eventually(lambda: "quota-2" not in _pod_names(ns), 5, "the suspended attempt's pod deleted")
     operator.kill()
@@ -202,7 +202,7 @@ def test_requeued_and_suspended_survive_a_restart(operator: OperatorProcess, ns:
     time.sleep(1)
     assert ns.status("quota")["phase"] == "Suspended"
     assert _pod_names(ns) == ["quota-1"]
-    ns.patchdispatch_spec("quota", {"suspend": False})
+    ns.patch_spec("quota", {"suspend": False})
     eventually(lambda: "quota-3" in _pod_names(ns), 10, "attempt 3 after unsuspending")
 
 
@@ -229,5 +229,7 @@ def test_metrics_and_liveness_are_served(operator: OperatorProcess, ns: Namespac
     assert "fleetdispatch_attempts_total" in text
     assert 'fleetdispatch_dispatches{phase="Pending"}' in text
     assert "fleetdispatch_reconcile_duration_seconds_bucket" in text
-    code, _ = operator.get("/healthz")
+    code, text = operator.get("/healthz")
     assert code == 200
+    workers = json.loads(text)["workers"]  # the probe of the workers' progress
+    assert workers["started"] and workers["workers"] == 16

@@ -1,0 +1,313 @@
+"""The reconcile step: what the watches told us, fed to `core.lifecycle.reconcile`, and its decision done.
+
+- **Level-triggered.** Watch events (`saw_dispatch`, `saw_pod`, `saw_pool`) only record what the cluster
+  holds and put the dispatch's key on the work queue; the workers reconcile each key from the latest state.
+- **One step** (`reconcile`): the cached dispatch, its pods and its pool's gate go into
+  `lifecycle.reconcile`; its decision is carried out in order: create the attempt's pod, delete pods, write
+  the status, record metrics and Events, update the pool, set the wake-up.
+- **Read your own writes.** A pod just created, or a status just written, is used at once (the response
+  replaces the cached object). Status writes carry the `resourceVersion` they were computed from, so a
+  decision made on a stale view is refused (409): the object is read again and the decision made anew.
+- **Wake-ups** come from the decision's `wake_at`, which the lifecycle derives from the status (`requeueAt`,
+  the backstop), so a restart recomputes them.
+- **Failures** (the API server is down, a 5xx) raise out of the step: the workers retry the key with its
+  backoff and count it. A spec that cannot be acted upon is no failure: the lifecycle reports it `Stalled`.
+
+Deliberately not here: any judgement (that is `core`), queueing and retries (`workqueue`), pool
+bookkeeping (`pools`), what is cached (`cache`), kopf (`handlers`).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from fleetdispatch.api import names
+from fleetdispatch.api.models import FleetDispatchStatus
+from fleetdispatch.api.settings import OperatorSettings
+from fleetdispatch.client.kubeapi import MERGE_PATCH, ApiError, KubeApi
+from fleetdispatch.controller.cache import DispatchCache, Key, Pods
+from fleetdispatch.controller.metrics import Metrics
+from fleetdispatch.controller.pools import PoolBook
+from fleetdispatch.controller.workqueue import Progress, Workers, WorkQueue
+from fleetdispatch.core import lifecycle, podspec, quota
+from fleetdispatch.core.podstatus import PodView, observe
+from fleetdispatch.session.protocol import format_time
+
+logger = logging.getLogger("fleetdispatch.controller")
+
+COMPONENT = "fleet-dispatch"  # the Events' source, and the operator's user agent
+WAKE_MARGIN_SECONDS = 0.05  # wake just after `wake_at`, so that the lifecycle finds it passed
+
+
+def status_patch(stored: Mapping[str, Any], wanted: FleetDispatchStatus) -> dict[str, Any]:
+    """The merge patch from the stored status to `wanted`: changed fields, and None for cleared ones.
+
+    Compared with what is stored (not with a re-parse of it), so defaults such as `failures: 0` are
+    written once and fields of a newer operator version that this model does not know are left alone.
+    """
+    after = wanted.model_dump(by_alias=True, mode="json", exclude_none=True)
+    patch = {k: v for k, v in after.items() if stored.get(k) != v}
+    known = {info.alias or name for name, info in FleetDispatchStatus.model_fields.items()}
+    patch.update({k: None for k in stored if k in known and k not in after})
+    return patch
+
+
+def event_body(
+    dispatch: lifecycle.Dispatch, event: lifecycle.Event, now: datetime, instance: str
+) -> dict[str, Any]:
+    """The core/v1 Event about `dispatch` (its message cut to the API server's 1024 characters)."""
+    time = format_time(now)
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{dispatch.name}.", "namespace": dispatch.namespace},
+        "involvedObject": {
+            "apiVersion": names.API_VERSION,
+            "kind": "FleetDispatch",
+            "name": dispatch.name,
+            "namespace": dispatch.namespace,
+            "uid": dispatch.uid,
+        },
+        "type": event.type,
+        "reason": event.reason,
+        "message": event.message[:1024],
+        "source": {"component": COMPONENT},
+        "reportingComponent": COMPONENT,
+        "reportingInstance": instance,
+        "firstTimestamp": time,
+        "lastTimestamp": time,
+        "count": 1,
+    }
+
+
+class Reconciler:
+    """The controller's state and its reconcile step. `pods` and `pools` are kopf's indices (by key)."""
+
+    def __init__(
+        self,
+        settings: OperatorSettings,
+        api: KubeApi,
+        metrics: Metrics,
+        *,
+        pods: Callable[[Key], Iterable[PodView]] = lambda key: (),
+        pools: Callable[[Key], quota.Pool | None] = lambda key: None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings, self.api, self.metrics, self.clock = settings, api, metrics, clock
+        self.queue: WorkQueue[Key] = WorkQueue()
+        self.cache = DispatchCache()
+        self.pods = Pods(pods)
+        self.pools = PoolBook(self.cache, api, pools, self.queue.add, clock=clock)
+        self.limits = lifecycle.Limits(
+            settings.history_limit, settings.backstop_margin_seconds, settings.max_quota_wait_seconds
+        )
+        self.workers = Workers(
+            self.queue,
+            self.reconcile,
+            settings.workers,
+            failed=self._failed,
+            finished=self.metrics.reconcile_seconds.observe,
+            name="fleetdispatch-worker",
+        )
+        self._instance = socket.gethostname()
+
+    # --- running -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.workers.start()
+
+    async def stop(self) -> None:
+        await self.workers.stop()
+        self.pools.close()
+        await self.api.close()
+
+    def progress(self) -> Progress:
+        return self.workers.progress()
+
+    def _failed(self, key: Key, error: BaseException, retry_in: float) -> None:
+        self.metrics.reconcile_errors.inc()
+        logger.warning("reconciling %s/%s failed (retry in %g s): %s", *key, retry_in, error)
+
+    # --- what the watches tell us --------------------------------------------------------------------
+
+    def saw_dispatch(self, body: Mapping[str, Any], deleted: bool = False) -> None:
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        if deleted:
+            gone = self.cache.forget(key)
+            self.queue.discard(key)
+            if gone is not None and gone.pool is not None:
+                self.pools.left(key, gone.pool)
+            return
+        if self.remember(key, body):
+            self.queue.add(key)
+
+    def saw_pod(self, namespace: str, pod_name: str, dispatch: str) -> None:
+        self.pods.seen(namespace, pod_name)
+        self.queue.add((namespace, dispatch))
+
+    def saw_pool(self, namespace: str, name: str, body: Mapping[str, Any], deleted: bool = False) -> None:
+        self.pools.saw((namespace, name), body, deleted)
+
+    def remember(self, key: Key, body: Mapping[str, Any]) -> bool:
+        """Cache `body` (False when it is older than what is cached) and follow its pool membership."""
+        before = self.cache.get(key)
+        if not self.cache.remember(key, body):
+            return False
+        after = self.cache.get(key)
+        self.pools.moved(
+            key, before.pool if before is not None else None, after.pool if after is not None else None
+        )
+        return True
+
+    # --- one reconcile -------------------------------------------------------------------------------
+
+    async def reconcile(self, key: Key) -> None:
+        cached = self.cache.get(key)
+        if cached is None or cached.deleting:
+            return
+        pool = self.pools.lookup((key[0], cached.pool)) if cached.pool is not None else None
+        if cached.pool is None or pool is None or pool.max_concurrent is None:
+            await self._reconcile(key)
+            return
+        async with self.pools.lock((key[0], cached.pool)):
+            await self._reconcile(key)
+
+    async def _reconcile(self, key: Key) -> None:
+        cached = self.cache.get(key)
+        if cached is None or cached.deleting:
+            return
+        try:
+            status = FleetDispatchStatus.model_validate(cached.status)
+        except ValueError:
+            logger.warning("%s/%s: unreadable status, starting it afresh", *key)
+            status = FleetDispatchStatus()
+        now = self.clock()
+        pool_key = (key[0], cached.pool) if cached.pool is not None else None
+        gate = None
+        if pool_key is not None:
+            gate = quota.gate(
+                self.pools.lookup(pool_key), pool_key[1], self.pools.members(pool_key, now), key[1], now
+            )
+        dispatch = lifecycle.Dispatch(
+            name=key[1],
+            namespace=key[0],
+            uid=cached.uid,
+            generation=cached.generation,
+            spec=cached.parsed.spec,
+            status=status,
+            invalid=cached.parsed.invalid,
+            gate=gate,
+        )
+        pods = self.pods.of(key, cached.uid)
+        decision = lifecycle.reconcile(dispatch, pods, now, self.limits)
+        if decision.create is not None:
+            refused = await self._create_pod(dispatch, cached.parsed.template, decision.create, now)
+            if refused is not None:
+                dispatch = lifecycle.Dispatch(**{**dispatch.__dict__, "spec": None, "invalid": refused})
+                decision = lifecycle.reconcile(dispatch, pods, now, self.limits)
+        for name in decision.delete:
+            await self._delete_pod(key[0], name)
+        patch = status_patch(cached.status, decision.status)
+        if patch and not await self._write_status(key, cached.resource_version, patch):
+            return
+        await self._record(dispatch, decision, status)
+        if pool_key is not None:
+            if decision.pool_exhausted_until is not None:
+                await self.pools.write(pool_key, (decision.pool_exhausted_until, key[1]))
+            if decision.status.phase != status.phase or decision.status.pod_name != status.pod_name:
+                self.pools.changed(pool_key)
+        if decision.wake_at is not None:
+            delay = (decision.wake_at - self.clock()).total_seconds() + WAKE_MARGIN_SECONDS
+            self.queue.add_after(key, delay)
+        else:
+            self.queue.cancel_wake(key)
+
+    async def _write_status(self, key: Key, resource_version: str | None, patch: dict[str, Any]) -> bool:
+        """Write the status patch, computed from `resource_version`; False when the decision is void: the
+        dispatch is gone, or it changed since (then it is read again and reconciled again)."""
+        path = names.FLEET_DISPATCHES.path(key[0], key[1], "status")
+        request = {"metadata": {"resourceVersion": resource_version}, "status": patch}
+        try:
+            response = await self.api.request("PATCH", path, request, content_type=MERGE_PATCH)
+        except ApiError as error:
+            if error.status == 404:
+                return False
+            if error.status == 409:  # decided on a stale view: read it again, decide again
+                fresh = await self.api.request("GET", names.FLEET_DISPATCHES.path(key[0], key[1]))
+                self.remember(key, fresh)
+                self.queue.add(key)
+                return False
+            raise
+        if response:
+            self.remember(key, response)
+        return True
+
+    async def _create_pod(
+        self,
+        dispatch: lifecycle.Dispatch,
+        template: Mapping[str, Any],
+        request: podspec.AttemptRequest,
+        now: datetime,
+    ) -> str | None:
+        """Create the attempt's pod; the API server's reason when it refuses the pod for good, else None."""
+        assert dispatch.spec is not None
+        ref = podspec.DispatchRef(dispatch.name, dispatch.namespace, dispatch.uid)
+        pod = podspec.build_pod(ref, dispatch.spec, template, request, now.timestamp(), self.settings)
+        name = pod["metadata"]["name"]
+        try:
+            created = await self.api.request("POST", names.PODS.path(dispatch.namespace), pod)
+            self.metrics.attempts.inc()
+        except ApiError as error:
+            if error.status == 409:  # created before a restart, or a repeated decision: the same pod
+                created = await self.api.request("GET", names.PODS.path(dispatch.namespace, name))
+                if observe(created).owner_uid != dispatch.uid:
+                    # A dispatch of the same name was deleted and created again: wait for the garbage
+                    # collector to remove its predecessor's pod (the retry backs off).
+                    raise RuntimeError(
+                        f"pod {name} still belongs to a deleted dispatch of the same name"
+                    ) from None
+            elif error.status in (400, 422):
+                return f"the API server refused the pod for attempt {request.attempt}: {error.message}"
+            else:
+                raise
+        self.pods.created(dispatch.namespace, observe(created))
+        return None
+
+    async def _delete_pod(self, namespace: str, name: str) -> None:
+        try:
+            await self.api.request(
+                "DELETE", names.PODS.path(namespace, name), {"propagationPolicy": "Background"}
+            )
+        except ApiError as error:
+            if error.status != 404:
+                raise
+        self.pods.deleted(namespace, name)
+
+    async def _record(
+        self, dispatch: lifecycle.Dispatch, decision: lifecycle.Decision, before: FleetDispatchStatus
+    ) -> None:
+        """Metrics and Events for what the decision did; an Event that cannot be posted is only logged."""
+        for outcome in decision.outcomes:
+            self.metrics.attempts_ended.labels(outcome.reason, outcome.failure_class or "").inc()
+            if outcome.reason in ("DeadlineExceeded", "IdleTimeout", "SupervisorLost"):
+                self.metrics.stops.labels(outcome.reason).inc()
+            if outcome.verdict == "Requeue" and decision.status.phase == "Requeued":
+                self.metrics.requeues.inc()
+            initial, final = before.deadline, decision.status.deadline
+            if initial is not None and final is not None and final > initial:
+                self.metrics.deadline_extensions.inc()
+                self.metrics.deadline_extension_seconds.inc((final - initial).total_seconds())
+        for event in decision.events:
+            await self._post_event(dispatch, event)
+
+    async def _post_event(self, dispatch: lifecycle.Dispatch, event: lifecycle.Event) -> None:
+        body = event_body(dispatch, event, self.clock(), self._instance)
+        try:
+            await self.api.request("POST", names.EVENTS.path(dispatch.namespace), body)
+        except (TimeoutError, ApiError, OSError) as error:
+            logger.warning("cannot post an Event for %s/%s: %s", dispatch.namespace, dispatch.name, error)
