@@ -14,15 +14,13 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
+# The operator's own error, so that a test catches one ApiError class whichever client raised it.
+from fleetdispatch.client.kubeapi import ApiError
 from fleetdispatch.devcluster.stack import DevCluster
 
+__all__ = ["MERGE", "ApiError", "Kube"]
+
 MERGE = "application/merge-patch+json"
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(f"{status} {reason}: {message}")
-        self.status, self.reason, self.message = status, reason, message
 
 
 class Kube:

@@ -3,7 +3,7 @@
 The packages say where their code runs, and imports point one way (import-linter checks it in `make lint`):
 
 - `session`: in the session pod (the supervisor sidecar, the quota guard, the files they share): the
-  standard library and psutil/anyio only, nothing of the operator.
+  standard library only, and of the rest only the API's names.
 - `api`: the API (the CRDs, the models the operator reads specs with, the operator's own settings).
 - `core`: the operator's decisions, pure functions over plain data (lifecycle, classification, backoff,
   conditions, pools, the pod builder and pod views): no I/O, no kopf.

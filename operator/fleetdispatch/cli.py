@@ -6,8 +6,15 @@ runs beside a session as its pod's sidecar (see `supervisor`). `dev` runs the de
 `devcluster`) with the operator in it. `operator` runs the operator (see `controller`). `quota-guard` runs
 inside a session, when its upstream quota is exhausted (see `quotaguard`).
 
-Each subcommand imports its module only when it runs: the supervisor's memory budget (30 MiB) leaves no
-room for pydantic, the CEL evaluator or kopf, which `validate` and the operator need.
+Each subcommand imports its modules only when it runs, and only its own flags are declared (the operator's
+come from its settings model, pydantic): `supervise` imports the standard library and `fleetdispatch.session`
+alone, since the sidecar's memory budget (25 MiB, bench/supervise_memory.py) leaves no room for pydantic,
+kopf, kubernetes or the CEL evaluator, which `validate` and the operator need.
+
+`operator` takes the conventions of Kubernetes tools: `--kubeconfig` and `--context` (see
+`client.credentials` for where credentials come from otherwise), `--log-level` and `--log-format text|json`
+(json: one object per line with time, level, logger and message). Credentials that are missing or do not
+work give one line on standard error and exit 1, never a traceback.
 """
 
 from __future__ import annotations
@@ -15,12 +22,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from fleetdispatch import __version__
-from fleetdispatch.session import deadline
+
+if TYPE_CHECKING:
+    import logging
+
+    from fleetdispatch.client.credentials import Credentials
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 
@@ -106,26 +117,146 @@ def run_dev(kubeconfig: Path, port: int, runtime: str, operator: bool, data_dir:
         return 1
 
 
-def run_operator(namespaces: Sequence[str], overrides: dict[str, object], verbose: bool) -> int:
-    """``fleetdispatch operator``: the kopf operator, until SIGINT or SIGTERM."""
-    import asyncio
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
+
+
+def _log_formatter(log_format: str) -> logging.Formatter:
+    """text: kopf's own layout (time, logger, level, `[namespace/name]` of the object, message); json: one
+    object per line with time, level, logger and message (and the object, an exception, when there are)."""
+    import json
     import logging
 
-    import kopf
+    from fleetdispatch.session import protocol
 
-    from fleetdispatch.api.settings import OperatorSettings, SettingsError
-    from fleetdispatch.controller import handlers
+    def about(record: logging.LogRecord) -> dict[str, Any] | None:
+        ref = getattr(record, "k8s_ref", None)  # kopf's per-object loggers carry the object
+        return (
+            {k: ref[k] for k in ("kind", "namespace", "name") if ref.get(k)}
+            if isinstance(ref, dict)
+            else None
+        )
 
-    try:
-        options = OperatorSettings.from_env(overrides=overrides)
-    except SettingsError as error:
-        print(f"fleetdispatch operator: {error}", file=sys.stderr)
-        return 2
-    kopf.configure(verbose=verbose)
+    class Text(logging.Formatter):
+        def __init__(self) -> None:
+            super().__init__("[%(asctime)s] %(name)-20.20s [%(levelname)-8.8s] %(message)s")
+
+        def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+            ref = about(record)
+            if ref and ref.get("name"):
+                where = "/".join(ref[k] for k in ("namespace", "name") if k in ref)
+                record.message = f"[{where}] {record.message}"
+            return super().formatMessage(record)
+
+    class Json(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            entry: dict[str, Any] = {
+                "time": protocol.format_micro_time(record.created),
+                "level": record.levelname,
+                "logger": record.name,
+                "message": record.getMessage(),
+            }
+            ref = about(record)
+            if ref:
+                entry["object"] = ref
+            if record.exc_info:
+                entry["exception"] = self.formatException(record.exc_info)
+            if record.stack_info:
+                entry["stack"] = self.formatStack(record.stack_info)
+            return json.dumps(entry, default=str)
+
+    return Json() if log_format == "json" else Text()
+
+
+def _configure_logging(level: str, log_format: str, verbose: bool) -> Callable[[str], None]:
+    """Everything to standard error in `log_format`; returns how to report a fatal problem in one line
+    (plain for text, a log object for json)."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_log_formatter(log_format))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    if level != "DEBUG":
+        # As kopf's own configuration does: asyncio's debug chatter only when debugging.
+        quiet = logging.getLogger("asyncio")
+        quiet.propagate = False
+        quiet.handlers[:] = [logging.NullHandler()]
     if not verbose:
         # kopf logs every handled event at INFO: at campaign scale that is most of the log and of the CPU.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    asyncio.run(handlers.run(options, namespaces=namespaces))
+    if log_format == "json":
+        fail = logging.getLogger("fleetdispatch.operator")
+        return fail.error
+    return lambda message: print(f"fleetdispatch operator: {message}", file=sys.stderr, flush=True)
+
+
+async def _log_in(found: Credentials) -> str | None:
+    """Who the API server says `found` authenticate as; a `CredentialsError` when it rejects
+    them or cannot be reached, so that kopf never starts with credentials that cannot work."""
+    import aiohttp
+
+    from fleetdispatch.client.credentials import CredentialsError
+    from fleetdispatch.client.kubeapi import ApiError, KubeApi
+
+    api = KubeApi(found, user_agent="fleet-dispatch")
+    try:
+        return await api.whoami()
+    except ApiError as error:
+        raise CredentialsError(f"the API server at {found.server} rejects {found.source}: {error}") from None
+    except (aiohttp.ClientError, OSError, TimeoutError) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise CredentialsError(
+            f"cannot reach the API server at {found.server} of {found.source}: {reason}"
+        ) from None
+    finally:
+        await api.close()
+
+
+def run_operator(
+    namespaces: Sequence[str],
+    overrides: dict[str, object],
+    *,
+    verbose: bool = False,
+    kubeconfig: str | None = None,
+    context: str | None = None,
+    log_level: str | None = None,
+    log_format: str = "text",
+) -> int:
+    """``fleetdispatch operator``: the kopf operator, until SIGINT or SIGTERM; 1 when it cannot log in."""
+    import asyncio
+    import logging
+
+    from fleetdispatch.api.settings import OperatorSettings, SettingsError
+    from fleetdispatch.client import credentials
+
+    fail = _configure_logging(log_level or ("DEBUG" if verbose else "INFO"), log_format, verbose)
+    try:
+        options = OperatorSettings.from_env(overrides=overrides)
+    except SettingsError as error:
+        fail(str(error))
+        return 2
+    try:
+        found = credentials.load(kubeconfig, context)
+        user = asyncio.run(_log_in(found))
+    except credentials.CredentialsError as error:
+        fail(f"cannot log in: {error}")
+        return 1
+    credentials.select(found)
+    logging.getLogger("fleetdispatch.operator").info(
+        "logged in to %s as %s with %s", found.server, user or "(the API server does not say)", found.source
+    )
+
+    import kopf
+
+    from fleetdispatch.controller import handlers
+
+    try:
+        asyncio.run(handlers.run(options, namespaces=namespaces))
+    except kopf.LoginError:  # they stopped working (revoked, expired, not renewed); kopf has logged how
+        fail(f"logged out: the API server no longer accepts {found.source}")
+        return 1
     return 0
 
 
@@ -145,6 +276,125 @@ def _add_operator_flags(parser: argparse.ArgumentParser) -> list[str]:
     return names
 
 
+COMMANDS = {
+    "validate": "check FleetDispatch and QuotaPool manifests offline, as the API server and operator would",
+    "dev": "run a local dev cluster: a real Kubernetes control plane, a node agent and the operator",
+    "supervise": "supervise one session attempt (the session pod's sidecar)",
+    "quota-guard": "inside a session: wait for an upstream quota to reset if the budget allows, else end the "
+    "session QuotaExhausted (exit 75) so it is requeued; see `fleetdispatch quota-guard --help`",
+    "operator": "run the operator: one supervised pod per attempt of every FleetDispatch",
+}
+
+
+def _validate_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        help="manifest files, folders (searched for *.yaml, *.yml), or - for standard input",
+    )
+
+
+def _dev_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--kubeconfig",
+        default="fleetdispatch-dev.kubeconfig",
+        help="where to write the kubeconfig for kubectl (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=0, help="the API server's port on 127.0.0.1 (0: any free port)"
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=("local", "instant"),
+        default="local",
+        help="local: run pods' commands in Linux namespaces (needs root); instant: complete pods at once "
+        "(for benchmarks)",
+    )
+    parser.add_argument(
+        "--no-operator",
+        dest="operator",
+        action="store_false",
+        help="the cluster alone, no operator (for `fleetdispatch operator` or a Helm-installed one)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="keep etcd's data in this folder across restarts (default: a temporary folder)",
+    )
+
+
+def _supervise_flags(parser: argparse.ArgumentParser) -> None:
+    from fleetdispatch.session import config
+
+    parser.description = (
+        "Supervise one session attempt: extend its deadline while it is active, stop it when the deadline "
+        "passes or its output stalls."
+    )
+    config.add_arguments(parser, os.environ)
+
+
+def _operator_flags(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Run the fleet-dispatch operator (kopf). Credentials come from --kubeconfig (and --context), else "
+        "$KUBECONFIG, else the in-cluster service account, else ~/.kube/config. Every setting is also read "
+        "from its environment variable."
+    )
+    parser.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable; default: all namespaces)",
+    )
+    parser.add_argument(
+        "--kubeconfig",
+        metavar="PATH",
+        help="the kubeconfig to log in with (default: $KUBECONFIG, a list of files; else the in-cluster "
+        "service account; else ~/.kube/config)",
+    )
+    parser.add_argument(
+        "--context", metavar="NAME", help="the kubeconfig's context (default: its current one)"
+    )
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="the least severe level logged (default: INFO, or DEBUG with --verbose)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text (default), or json: one object per line with time, level, logger and message",
+    )
+    parser.add_argument("--verbose", action="store_true", help="log every event kopf handles")
+    parser.set_defaults(settings=_add_operator_flags(parser))
+
+
+FLAGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "validate": _validate_flags,
+    "dev": _dev_flags,
+    "supervise": _supervise_flags,
+    "operator": _operator_flags,
+}
+
+
+def _parser(command: str | None) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser | None]:
+    """The command line, with the flags of `command` alone (declaring the others would import them), and
+    the subcommand's parser (for its usage errors)."""
+    parser = argparse.ArgumentParser(prog="fleetdispatch", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"fleetdispatch {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    chosen = None
+    for name, summary in COMMANDS.items():
+        sub = commands.add_parser(name, help=summary, add_help=name != "quota-guard")
+        if name == command and name in FLAGS:
+            FLAGS[name](sub)
+            chosen = sub
+    return parser, chosen
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["quota-guard"]:
@@ -152,90 +402,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         from fleetdispatch.session import quotaguard
 
         return quotaguard.main(arguments[1:], prog="fleetdispatch quota-guard")
-    parser = argparse.ArgumentParser(prog="fleetdispatch", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"fleetdispatch {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser(
-        "validate",
-        help="check FleetDispatch and QuotaPool manifests offline, as the API server and operator would",
-    )
-    check.add_argument(
-        "paths",
-        nargs="+",
-        help="manifest files, folders (searched for *.yaml, *.yml), or - for standard input",
-    )
-    dev = commands.add_parser(
-        "dev",
-        help="run a local dev cluster: a real Kubernetes control plane, a node agent and the operator",
-    )
-    dev.add_argument(
-        "--kubeconfig",
-        default="fleetdispatch-dev.kubeconfig",
-        help="where to write the kubeconfig for kubectl (default: %(default)s)",
-    )
-    dev.add_argument(
-        "--port", type=int, default=0, help="the API server's port on 127.0.0.1 (0: any free port)"
-    )
-    dev.add_argument(
-        "--runtime",
-        choices=("local", "instant"),
-        default="local",
-        help="local: run pods' commands in Linux namespaces (needs root); instant: complete pods at once "
-        "(for benchmarks)",
-    )
-    dev.add_argument(
-        "--no-operator",
-        dest="operator",
-        action="store_false",
-        help="the cluster alone, no operator (for `fleetdispatch operator` or a Helm-installed one)",
-    )
-    dev.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="keep etcd's data in this folder across restarts (default: a temporary folder)",
-    )
-    supervise = commands.add_parser(
-        "supervise",
-        help="supervise one session attempt (the session pod's sidecar)",
-        description="Supervise one session attempt: extend its deadline while it is active, stop it when "
-        "the deadline passes or its output stalls.",
-    )
-    deadline.add_arguments(supervise, os.environ)
-    commands.add_parser(
-        "quota-guard",
-        add_help=False,
-        help="inside a session: wait for an upstream quota to reset if the budget allows, else end the "
-        "session QuotaExhausted (exit 75) so it is requeued; see `fleetdispatch quota-guard --help`",
-    )
-    operate = commands.add_parser(
-        "operator",
-        help="run the operator: one supervised pod per attempt of every FleetDispatch",
-        description="Run the fleet-dispatch operator (kopf). Credentials come from the in-cluster service "
-        "account, else the kubeconfig ($KUBECONFIG or ~/.kube/config). Every setting is also read from "
-        "its environment variable.",
-    )
-    operate.add_argument(
-        "--namespace",
-        "-n",
-        action="append",
-        default=[],
-        help="watch only this namespace (repeatable; default: all namespaces)",
-    )
-    operate.add_argument("--verbose", action="store_true", help="log every event kopf handles")
-    settings = _add_operator_flags(operate)
+    # The top level has only flags without values (--help, --version): the first other word is the command.
+    command = next((word for word in arguments if not word.startswith("-")), None)
+    parser, subcommand = _parser(command)
     args = parser.parse_args(arguments)
     if args.command == "operator":
-        overrides = {name: getattr(args, f"setting_{name}") for name in settings}
-        return run_operator(args.namespace, overrides, args.verbose)
+        overrides = {name: getattr(args, f"setting_{name}") for name in args.settings}
+        return run_operator(
+            args.namespace,
+            overrides,
+            verbose=args.verbose,
+            kubeconfig=args.kubeconfig,
+            context=args.context,
+            log_level=args.log_level,
+            log_format=args.log_format,
+        )
     if args.command == "validate":
         return validate(args.paths)
     if args.command == "dev":
         return run_dev(Path(args.kubeconfig), args.port, args.runtime, args.operator, args.data_dir)
     if args.command == "supervise":
-        from fleetdispatch.session import supervisor
+        from fleetdispatch.session import config, supervisor
 
-        return supervisor.supervise(deadline.from_namespace(supervise, args))
+        return supervisor.supervise(config.from_namespace(subcommand or parser, args))
     parser.error(f"unknown command {args.command!r}")
     return 2
 

@@ -28,7 +28,7 @@ import psutil
 
 from fleetdispatch.devcluster.nodeagent import KUBELET_VERSION
 from fleetdispatch.devcluster.stack import BackgroundCluster
-from fleetdispatch.session.deadline import SupervisorConfig
+from fleetdispatch.session.config import SupervisorConfig
 from kubectl import Kubectl, needs_kubectl
 from operators import Namespace
 from waiting import eventually

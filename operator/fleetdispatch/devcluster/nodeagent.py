@@ -61,6 +61,7 @@ from typing import Any, Literal, TypeVar
 
 from aiohttp import web
 
+from fleetdispatch.api import names
 from fleetdispatch.api.names import session_container
 from fleetdispatch.client.kubeapi import ApiError, KubeApi
 from fleetdispatch.devcluster import sandbox
@@ -78,6 +79,7 @@ EXIT_CODE_ANNOTATION = "dev.fleet.dispatch.dev/exit-code"
 # status, as the tests of the operator's judgement do). One cluster then serves every kind of test.
 RUNTIME_ANNOTATION = "dev.fleet.dispatch.dev/runtime"
 RUNTIMES = ("local", "instant", "none")
+NODE_LEASE_NAMESPACE = "kube-node-lease"
 TERMINATION_MESSAGE_ANNOTATION = "dev.fleet.dispatch.dev/termination-message"
 DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 DEFAULT_TERMINATION_GRACE_SECONDS = 30
@@ -306,31 +308,31 @@ class NodeAgent:
         }
         while True:
             try:
-                node = await self.api.request("POST", "/api/v1/nodes", body)
+                node = await self.api.request("POST", names.NODES.path(), body)
                 break
             except ApiError as error:
                 if error.status == 409:
-                    node = await self.api.request("GET", f"/api/v1/nodes/{self.node_name}")
+                    node = await self.api.request("GET", names.NODES.path(name=self.node_name))
                     break
                 logger.warning("node agent: registering the node failed, retrying: %s", error)
                 await asyncio.sleep(self.retry_seconds)
         self._node_uid = node["metadata"]["uid"]
         await self.api.request(
             "PATCH",
-            f"/api/v1/nodes/{self.node_name}/status",
+            names.NODES.path(name=self.node_name, subresource="status"),
             {"status": self._node_status()},
             content_type="application/merge-patch+json",
         )
         self.registered.set()
 
     async def _heartbeat(self) -> None:
-        path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{self.node_name}"
+        path = names.LEASES.path(NODE_LEASE_NAMESPACE, self.node_name)
         lease: Object = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
             "metadata": {
                 "name": self.node_name,
-                "namespace": "kube-node-lease",
+                "namespace": NODE_LEASE_NAMESPACE,
                 "ownerReferences": [
                     {"apiVersion": "v1", "kind": "Node", "name": self.node_name, "uid": self._node_uid}
                 ],
@@ -349,14 +351,12 @@ class NodeAgent:
                 except ApiError as error:
                     if error.status != 404:
                         raise
-                    await self.api.request(
-                        "POST", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", lease
-                    )
+                    await self.api.request("POST", names.LEASES.path(NODE_LEASE_NAMESPACE), lease)
                 if loop.time() >= status_at:
                     status_at = loop.time() + NODE_STATUS_SECONDS
                     await self.api.request(
                         "PATCH",
-                        f"/api/v1/nodes/{self.node_name}/status",
+                        names.NODES.path(name=self.node_name, subresource="status"),
                         {"status": self._node_status()},
                         content_type="application/merge-patch+json",
                     )
@@ -441,7 +441,7 @@ class NodeAgent:
         while not self._closed:
             try:
                 if version is None:
-                    listing = await self.api.request("GET", "/api/v1/pods", params=selector)
+                    listing = await self.api.request("GET", names.PODS.path(), params=selector)
                     version = str(listing["metadata"]["resourceVersion"])
                     listed = set()
                     for pod in listing.get("items") or []:
@@ -457,7 +457,7 @@ class NodeAgent:
                     "allowWatchBookmarks": "true",
                     "timeoutSeconds": "300",
                 }
-                async for event in self.api.watch("/api/v1/pods", params):
+                async for event in self.api.watch(names.PODS.path(), params):
                     kind, obj = event.get("type"), event.get("object") or {}
                     if kind == "ERROR":
                         if obj.get("code") == 410:
@@ -547,7 +547,7 @@ class NodeAgent:
         with contextlib.suppress(ApiError):
             await self.api.request(
                 "DELETE",
-                f"/api/v1/namespaces/{metadata['namespace']}/pods/{metadata['name']}",
+                names.PODS.path(metadata["namespace"], metadata["name"]),
                 {
                     "apiVersion": "v1",
                     "kind": "DeleteOptions",
@@ -666,13 +666,13 @@ class NodeAgent:
             "count": 1,
         }
         try:
-            await self.api.request("POST", f"/api/v1/namespaces/{metadata['namespace']}/events", body)
+            await self.api.request("POST", names.EVENTS.path(metadata["namespace"]), body)
         except (TimeoutError, ApiError, OSError) as error:
             logger.debug("node agent: event %s for pod %s not recorded: %s", reason, metadata["name"], error)
 
     async def lookup(self, plural: str, namespace: str, name: str) -> Object | None:
         try:
-            return await self.api.request("GET", f"/api/v1/namespaces/{namespace}/{plural}/{name}")
+            return await self.api.request("GET", names.Resource("", "v1", plural).path(namespace, name))
         except ApiError as error:
             if error.status in (403, 404):  # the Node authorizer says 403 for what no pod here references
                 return None
@@ -695,7 +695,7 @@ class NodeAgent:
         try:
             answer = await self.api.request(
                 "POST",
-                f"/api/v1/namespaces/{metadata['namespace']}/serviceaccounts/{account}/token",
+                names.SERVICE_ACCOUNTS.path(metadata["namespace"], account, "token"),
                 {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec},
             )
         except ApiError as error:
@@ -706,7 +706,7 @@ class NodeAgent:
         try:
             await self.api.request(
                 "PATCH",
-                f"/api/v1/namespaces/{namespace}/pods/{name}/status",
+                names.PODS.path(namespace, name, "status"),
                 {"status": status},
                 content_type="application/merge-patch+json",
             )

@@ -32,7 +32,9 @@ from typing import Any, Literal
 
 import yaml
 
-from fleetdispatch.client.kubeapi import Credentials, KubeApi
+from fleetdispatch.api import names
+from fleetdispatch.client.credentials import Credentials
+from fleetdispatch.client.kubeapi import KubeApi
 from fleetdispatch.devcluster.controlplane import (
     ControlPlane,
     ControlPlaneError,
@@ -169,7 +171,7 @@ class DevCluster:
         self.plane.apply(chart_rbac())
         status, body = self.plane.request(
             "POST",
-            f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/serviceaccounts/{OPERATOR_ACCOUNT}/token",
+            names.SERVICE_ACCOUNTS.path(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT, "token"),
             {
                 "apiVersion": "authentication.k8s.io/v1",
                 "kind": "TokenRequest",
@@ -189,9 +191,7 @@ class DevCluster:
     def _wait_established(self, name: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            _, crd = self.plane.request(
-                "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
-            )
+            _, crd = self.plane.request("GET", names.CUSTOM_RESOURCE_DEFINITIONS.path(name=name))
             conditions = {c["type"]: c["status"] for c in (crd.get("status") or {}).get("conditions") or []}
             if conditions.get("Established") == "True":
                 return

@@ -1,0 +1,168 @@
+"""`fleetdispatch operator --kubeconfig K --context C` logs in to the real dev cluster as the context says.
+
+One kubeconfig of several contexts, all at the session's control plane: `operator` (the chart's identity,
+its ServiceAccount token), `exec` (the same token handed out by an exec credential plugin, as EKS, GKE and
+AKS hand out theirs), `rejected` (a token the API server refuses) and `nobody-home` (its current context:
+nothing listens at its server). Whoever watches is read from the API server's audit log, so a login with
+the wrong context would show up as no watch by the operator's user. `$KUBECONFIG` points somewhere
+useless, so nothing but the flags can make a login work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from fleetdispatch.devcluster.stack import OPERATOR_USER, BackgroundCluster, start_operator, stop_operator
+from operators import free_port
+
+PLUGIN = """#!/bin/sh
+# An exec credential plugin that gives the operator's token (and counts its runs).
+echo run >> {runs}
+cat <<EOF
+{{"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
+  "status": {{"token": "{token}", "expirationTimestamp": "2099-01-01T00:00:00Z"}}}}
+EOF
+"""
+
+
+@pytest.fixture(scope="module")
+def contexts(cluster: BackgroundCluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("cli-operator")
+    operator: dict[str, Any] = yaml.safe_load(cluster.dev.operator_kubeconfig.read_text())
+    [real_cluster] = operator["clusters"]
+    [user] = operator["users"]
+    token = user["user"]["token"]
+    plugin = folder / "get-token"
+    plugin.write_text(PLUGIN.format(runs=folder / "plugin-runs", token=token))
+    plugin.chmod(0o755)
+    unreachable = {**real_cluster["cluster"], "server": f"https://127.0.0.1:{free_port()}"}
+    document = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [real_cluster, {"name": "unreachable", "cluster": unreachable}],
+        "users": [
+            {"name": "operator", "user": {"token": token}},
+            {
+                "name": "plugin",
+                "user": {"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": str(plugin)}},
+            },
+            {"name": "impostor", "user": {"token": "not-a-token-the-api-server-issued"}},
+        ],
+        "contexts": [
+            {"name": "operator", "context": {"cluster": real_cluster["name"], "user": "operator"}},
+            {"name": "exec", "context": {"cluster": real_cluster["name"], "user": "plugin"}},
+            {"name": "rejected", "context": {"cluster": real_cluster["name"], "user": "impostor"}},
+            {"name": "nobody-home", "context": {"cluster": "unreachable", "user": "operator"}},
+        ],
+        "current-context": "nobody-home",
+    }
+    path = folder / "contexts.kubeconfig"
+    path.write_text(yaml.safe_dump(document))
+    (folder / "useless.kubeconfig").write_text("")
+    return path
+
+
+def useless(contexts: Path) -> Path:
+    return contexts.parent / "useless.kubeconfig"
+
+
+def operator_flags() -> list[str]:
+    return [f"--metrics-port={free_port()}", f"--health-port={free_port()}"]
+
+
+@pytest.mark.parametrize("context", ["operator", "exec"])
+def test_the_operator_logs_in_with_the_context_given_and_watches(
+    cluster: BackgroundCluster, contexts: Path, context: str, tmp_path: Path
+) -> None:
+    runs = contexts.parent / "plugin-runs"
+    runs.unlink(missing_ok=True)
+    log = tmp_path / "operator.log"
+    flags = ["--kubeconfig", str(contexts), "--context", context, *operator_flags()]
+    # Returns once the audit log shows the operator's user watching dispatches and pods.
+    process = start_operator(cluster.dev, log, *flags, kubeconfig=useless(contexts))
+    try:
+        assert process.poll() is None
+    finally:
+        stop_operator(process)
+    text = log.read_text()
+    # The API server's word for who logged in: the context's user, not $KUBECONFIG's nor the current one.
+    assert f"as {OPERATOR_USER} with kubeconfig {contexts}, context {context!r}" in text
+    assert "Traceback" not in text
+    if context == "exec":
+        # Run once: kopf's login and the operator's own client share the one token until it is due.
+        assert runs.read_text().splitlines() == ["run"]
+
+
+def test_json_logs_are_one_object_a_line(cluster: BackgroundCluster, contexts: Path, tmp_path: Path) -> None:
+    log = tmp_path / "operator.log"
+    flags = [
+        "--kubeconfig",
+        str(contexts),
+        "--context",
+        "operator",
+        "--log-format",
+        "json",
+        *operator_flags(),
+    ]
+    process = start_operator(cluster.dev, log, *flags, kubeconfig=useless(contexts))
+    stop_operator(process)
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert entries
+    for entry in entries:
+        assert {"time", "level", "logger", "message"} <= set(entry), entry
+    loggers = {entry["logger"] for entry in entries}
+    assert "fleetdispatch.operator" in loggers
+    assert any(name.startswith("kopf") for name in loggers), loggers
+
+
+def run_operator(contexts: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fleetdispatch.cli", "operator", "--kubeconfig", str(contexts), *flags],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "KUBECONFIG": str(useless(contexts))},
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_a_wrong_context_is_one_line_and_exit_1(cluster: BackgroundCluster, contexts: Path) -> None:
+    result = run_operator(contexts, "--context", "operater", *operator_flags())
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"fleetdispatch operator: cannot log in: kubeconfig {contexts} has no context 'operater' "
+        "(it has: operator, exec, rejected, nobody-home)"
+    ]
+
+
+def test_a_token_the_api_server_refuses_is_one_line_and_exit_1(
+    cluster: BackgroundCluster, contexts: Path
+) -> None:
+    result = run_operator(contexts, "--context", "rejected", "--log-level", "error", *operator_flags())
+    assert result.returncode == 1, result.stderr[-3000:]
+    [line] = result.stderr.splitlines()
+    assert line == (
+        f"fleetdispatch operator: cannot log in: the API server at {cluster.url} rejects "
+        f"kubeconfig {contexts}, context 'rejected' (user impostor): 401 Unauthorized: Unauthorized"
+    )
+
+
+def test_an_api_server_that_cannot_be_reached_is_one_line_and_exit_1(
+    cluster: BackgroundCluster, contexts: Path
+) -> None:
+    result = run_operator(contexts, *operator_flags())  # the current context, nobody-home
+    assert result.returncode == 1, result.stderr[-3000:]
+    [line] = result.stderr.splitlines()
+    assert line.startswith(
+        "fleetdispatch operator: cannot log in: cannot reach the API server at https://127.0.0.1:"
+    )
+    assert f"of kubeconfig {contexts}, context 'nobody-home' (user operator): Cannot connect to host" in line
