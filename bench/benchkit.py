@@ -25,7 +25,9 @@ from typing import Any
 
 import psutil
 
+from fleetdispatch.api.names import API_VERSION
 from fleetdispatch.client.kubeapi import ApiError, Credentials, KubeApi
+from fleetdispatch.devcluster.nodeagent import RUNTIME_ANNOTATION
 from fleetdispatch.devcluster.stack import (
     BackgroundCluster,
     audit_events,
@@ -61,6 +63,22 @@ def percentile(values: list[float], share: float) -> float:
 
 
 # --- the cluster -----------------------------------------------------------------------------------------
+
+
+def dispatch_body(index: int, runtime: str, container: Mapping[str, Any], **spec: Any) -> dict[str, Any]:
+    """FleetDispatch `dNNNNN` whose pods the dev node runs as `runtime` (instant, none), one container."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "FleetDispatch",
+        "metadata": {"name": f"d{index:05d}"},
+        "spec": {
+            "template": {
+                "metadata": {"annotations": {RUNTIME_ANNOTATION: runtime}},
+                "spec": {"containers": [dict(container)]},
+            },
+            **spec,
+        },
+    }
 
 
 def admin(cluster: BackgroundCluster) -> KubeApi:

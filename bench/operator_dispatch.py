@@ -47,6 +47,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import benchkit
 from benchkit import (
     JOB_CONTROLLER,
     Components,
@@ -65,7 +66,7 @@ from benchkit import (
     requests_of,
     row,
 )
-from fleetdispatch.api.names import API_VERSION, GROUP, VERSION
+from fleetdispatch.api.names import GROUP, VERSION
 from fleetdispatch.devcluster.nodeagent import RUNTIME_ANNOTATION
 from fleetdispatch.devcluster.stack import OPERATOR_USER, BackgroundCluster
 
@@ -82,17 +83,7 @@ LATER_SECONDS = 10.0  # kopf ends an object's idle worker after 5 s; RSS is read
 
 
 def dispatch_body(index: int, runtime: str) -> dict[str, Any]:
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "FleetDispatch",
-        "metadata": {"name": f"d{index:05d}"},
-        "spec": {
-            "template": {
-                "metadata": {"annotations": {RUNTIME_ANNOTATION: runtime}},
-                "spec": {"containers": [{"name": "session", "image": "busybox"}]},
-            }
-        },
-    }
+    return benchkit.dispatch_body(index, runtime, {"name": "session", "image": "busybox"})
 
 
 def job_body(index: int) -> dict[str, Any]:

@@ -30,10 +30,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import benchkit
 from benchkit import Operator, Tracker, admin, audit_size, make_namespace, percentile, quiet, requests_of
 from fleetdispatch.api.names import API_VERSION, GROUP, VERSION
 from fleetdispatch.client.kubeapi import MERGE_PATCH, KubeApi
-from fleetdispatch.devcluster.nodeagent import RUNTIME_ANNOTATION
 from fleetdispatch.devcluster.stack import OPERATOR_USER, BackgroundCluster
 
 NAMESPACE = "bench"
@@ -46,19 +46,8 @@ CONCURRENCY = 16
 
 def _body(index: int) -> dict[str, Any]:
     container = {"name": "session", "image": "agent", "command": ["agent"]}
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "FleetDispatch",
-        "metadata": {"name": f"d{index:05d}"},
-        "spec": {
-            "template": {
-                "metadata": {"annotations": {RUNTIME_ANNOTATION: "none"}},
-                "spec": {"containers": [container]},
-            },
-            "quotaPool": POOL,
-            "retry": {"backoff": {"baseSeconds": 1, "jitterPercent": 20}},
-        },
-    }
+    retry = {"backoff": {"baseSeconds": 1, "jitterPercent": 20}}
+    return benchkit.dispatch_body(index, "none", container, quotaPool=POOL, retry=retry)
 
 
 def _dispatch(obj: dict[str, Any]) -> tuple[str, str, str]:

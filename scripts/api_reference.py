@@ -5,7 +5,7 @@
 
 Sections: `api-reference` (the configuration tables), `cel-rules` (every CEL rule and its message) and
 `validate-example` (what `fleetdispatch validate` prints for a refused manifest).
-`tests/test_readme.py` fails when a section of the README differs from what this makes.
+`tests/unit/test_readme.py` fails when a section of the README differs from what this makes.
 """
 
 from __future__ import annotations

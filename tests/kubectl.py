@@ -18,6 +18,20 @@ needs_kubectl = pytest.mark.skipif(
 )
 
 
+def run_tool(
+    command: list[str], *, stdin: str | None = None, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """A tool (kubectl, helm) run to its end within a minute; with `check`, a failure fails the test with
+    its output."""
+    result = subprocess.run(
+        command, input=stdin, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    if check and result.returncode != 0:
+        name = Path(command[0]).name
+        raise AssertionError(f"{name} {' '.join(command[1:])} failed:\n{result.stdout}{result.stderr}")
+    return result
+
+
 class Kubectl:
     def __init__(self, kubeconfig: Path) -> None:
         self.env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
@@ -26,18 +40,7 @@ class Kubectl:
     def run(
         self, *args: str, stdin: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [self.binary, *args],
-            input=stdin,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
-        return result
+        return run_tool([self.binary, *args], stdin=stdin, env=self.env, check=check)
 
     def start(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(

@@ -46,8 +46,10 @@ from fleetdispatch.session import protocol
 from fleetdispatch.session.heartbeat import ANNOTATION_PREFIX, Heartbeat, LeaseStatus
 from fleetdispatch.validation import manifests
 from kube import ApiError, Kube
+from kubectl import run_tool
 from operators import Namespace, running, running_operator, terminated
 from waiting import eventually
+from wheels import build_wheel
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "fleet-dispatch"
@@ -88,16 +90,7 @@ SUPERVISOR_RULES = {("coordination.k8s.io", "leases"): {"get", "create", "patch"
 
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [str(HELM) if HELM.exists() else "helm", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
-    return result
+    return run_tool([str(HELM) if HELM.exists() else "helm", *args], check=check)
 
 
 def template_args(values: str | None = None, *sets: str, monitoring: bool = False) -> list[str]:
@@ -592,6 +585,15 @@ def used_rules(requests: Iterable[Mapping[str, Any]]) -> set[tuple[str, str, str
     return used - ALWAYS_ALLOWED
 
 
+def assert_used_exactly_the_grants(requests: Iterable[Mapping[str, Any]]) -> None:
+    """Every grant the operator used is in the chart's rules, and every rule but those only a conflict or
+    an admission plugin needs was used."""
+    used = used_rules(requests)
+    granted = {(g, r, v) for (g, r), verbs in OPERATOR_RULES.items() for v in verbs}
+    assert used <= granted
+    assert granted - used <= RULES_NOT_EXERCISED, granted - used
+
+
 # The grants only a conflict needs (a status write that conflicts re-reads the dispatch, a create that
 # conflicts reads the pod), and the one only a cluster with the OwnerReferencesPermissionEnforcement
 # admission plugin checks (the dev cluster runs the default plugins, which do not include it).
@@ -679,10 +681,7 @@ def test_the_operator_watching_one_namespace_is_never_refused(
         and (r["objectRef"].get("apiGroup", ""), r["objectRef"]["resource"], r["verb"]) not in ALWAYS_ALLOWED
     }
     assert elsewhere == set()
-    used = used_rules(requests)
-    granted = {(g, r, v) for (g, r), verbs in OPERATOR_RULES.items() for v in verbs}
-    assert used <= granted
-    assert granted - used <= RULES_NOT_EXERCISED, granted - used
+    assert_used_exactly_the_grants(requests)
 
 
 @needs_helm
@@ -716,10 +715,7 @@ def test_the_operator_watching_all_namespaces_is_never_refused(
         cluster, ns, tmp_path, args, kubeconfig=cluster.dev.operator_kubeconfig, user=OPERATOR_USER
     )
     assert refused(requests) == []
-    used = used_rules(requests)
-    granted = {(g, r, v) for (g, r), verbs in OPERATOR_RULES.items() for v in verbs}
-    assert used <= granted
-    assert granted - used <= RULES_NOT_EXERCISED, granted - used
+    assert_used_exactly_the_grants(requests)
 
 
 @needs_helm
@@ -917,20 +913,5 @@ def test_the_docker_context_holds_what_the_build_reads_and_builds_the_package(tm
             target.symlink_to(os.readlink(path))
         else:
             shutil.copy2(path, target)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--no-deps",
-            "--wheel-dir",
-            str(tmp_path),
-            str(build),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    [wheel] = tmp_path.glob("fleet_dispatch-*.whl")
+    wheel = build_wheel(build, tmp_path)
     assert wheel.name.startswith(f"fleet_dispatch-{fleetdispatch.__version__}-")

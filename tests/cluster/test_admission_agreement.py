@@ -270,10 +270,11 @@ def test_an_invalid_update_is_refused_alike(cluster: BackgroundCluster, path: Pa
     )
 
 
-@pytest.mark.parametrize(("case", "manifest"), EXAMPLES, ids=[case for case, _ in EXAMPLES])
-def test_an_example_is_accepted_alike_and_stored_as_validate_defaults_it(
-    cluster: BackgroundCluster, namespace: Namespace, case: str, manifest: dict[str, Any], tmp_path: Path
-) -> None:
+def server_and_validate_differ(
+    cluster: BackgroundCluster, namespace: Namespace, manifest: dict[str, Any], tmp_path: Path
+) -> list[str]:
+    """How the API server's answer to `manifest` (a server-side dry run) and `fleetdispatch validate`'s
+    differ, and, when both accept it, how the stored spec differs from validate's defaulted one."""
     kubectl = kubectl_for(cluster, namespace.name, tmp_path)
     path = tmp_path / "manifest.yaml"
     path.write_text(yaml.safe_dump(manifest), encoding="utf-8")
@@ -281,22 +282,21 @@ def test_an_example_is_accepted_alike_and_stored_as_validate_defaults_it(
     found = differences(server, validate_file(path))
     if not found and server.accepted:
         found = stored_spec_differences(stored, manifest)
-    hold(case, found)
+    return found
+
+
+@pytest.mark.parametrize(("case", "manifest"), EXAMPLES, ids=[case for case, _ in EXAMPLES])
+def test_an_example_is_accepted_alike_and_stored_as_validate_defaults_it(
+    cluster: BackgroundCluster, namespace: Namespace, case: str, manifest: dict[str, Any], tmp_path: Path
+) -> None:
+    hold(case, server_and_validate_differ(cluster, namespace, manifest, tmp_path))
 
 
 @pytest.mark.parametrize("name", PROBES)
 def test_a_probe_gets_the_same_answer(
     cluster: BackgroundCluster, namespace: Namespace, name: str, tmp_path: Path
 ) -> None:
-    kubectl = kubectl_for(cluster, namespace.name, tmp_path)
-    manifest = PROBES[name]
-    path = tmp_path / "manifest.yaml"
-    path.write_text(yaml.safe_dump(manifest), encoding="utf-8")
-    server, stored = dry_run(kubectl, path)
-    found = differences(server, validate_file(path))
-    if not found and server.accepted:
-        found = stored_spec_differences(stored, manifest)
-    hold(f"probe/{name}", found)
+    hold(f"probe/{name}", server_and_validate_differ(cluster, namespace, PROBES[name], tmp_path))
 
 
 def test_server_errors_reads_kubectls_reports() -> None:

@@ -135,14 +135,19 @@ def test_restart_while_pending_creates_no_second_pod(operator: OperatorProcess, 
     assert ns.status("pending")["attempt"] == 1
 
 
-def test_a_failure_while_the_operator_is_down_is_not_lost(operator: OperatorProcess, ns: Namespace) -> None:
-    ns.create("down", dispatch_spec())
-    eventually(lambda: _pod_names(ns) == ["down-1"])
+def _fail_while_down(operator: OperatorProcess, ns: Namespace, name: str) -> None:
+    """Dispatch `name`'s first attempt runs, the operator is killed, and the session exits 3 meanwhile."""
+    ns.create(name, dispatch_spec())
+    eventually(lambda: _pod_names(ns) == [f"{name}-1"])
     started = now_rfc3339()
-    ns.pod_status("down-1", running(started))
-    ns.wait_phase("down", "Running")
+    ns.pod_status(f"{name}-1", running(started))
+    ns.wait_phase(name, "Running")
     operator.kill()
-    ns.pod_status("down-1", terminated(started, 3))
+    ns.pod_status(f"{name}-1", terminated(started, 3))
+
+
+def test_a_failure_while_the_operator_is_down_is_not_lost(operator: OperatorProcess, ns: Namespace) -> None:
+    _fail_while_down(operator, ns, "down")
     operator.start()
     eventually(lambda: ns.status("down").get("podName") == "down-2", 10, "attempt 2 after the backoff")
     status = ns.status("down")
@@ -152,13 +157,7 @@ def test_a_failure_while_the_operator_is_down_is_not_lost(operator: OperatorProc
 
 
 def test_a_pod_created_just_before_a_crash_is_adopted(operator: OperatorProcess, ns: Namespace) -> None:
-    ns.create("adopt", dispatch_spec())
-    eventually(lambda: _pod_names(ns) == ["adopt-1"])
-    started = now_rfc3339()
-    ns.pod_status("adopt-1", running(started))
-    ns.wait_phase("adopt", "Running")
-    operator.kill()
-    ns.pod_status("adopt-1", terminated(started, 3))
+    _fail_while_down(operator, ns, "adopt")
     # As if the operator had created attempt 2's pod and died before writing the status.
     pod = ns.pod("adopt-1")
     clone = {

@@ -8,7 +8,6 @@ cluster tests (tests/cluster/test_operator_quota.py) show the real API server ta
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,20 +26,14 @@ SPEC: dict[str, Any] = {
 
 
 class RecordingApi:
+    """Records each pool status patch (method, path, body, content type), or refuses it with `error`."""
+
     def __init__(self, error: ApiError | None = None) -> None:
         self.requests: list[tuple[str, str, Any, str]] = []
         self.error = error
 
-    async def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        content_type: str = "application/json",
-        params: Mapping[str, str] | None = None,
-    ) -> dict[str, Any]:
-        self.requests.append((method, path, body, content_type))
+    async def patch_status(self, path: str, patch: dict[str, Any]) -> dict[str, Any]:
+        self.requests.append(("PATCH", path, patch, MERGE_PATCH))
         if self.error is not None:
             raise self.error
         return {}
@@ -70,7 +63,7 @@ class Book:
         self.enqueued: list[Key] = []
         self.book = PoolBook(
             self.cache,
-            self.api,
+            self.api.patch_status,
             lambda key: self.pool,
             self.enqueued.append,
             clock=lambda: NOW,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 import yaml
 
 from fleetdispatch.validation import manifests
+from wheels import build_wheel
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = ROOT / ".tools" / "bin" / "kubectl"
@@ -29,22 +29,7 @@ def test_packaged_crds_are_the_top_level_crds() -> None:
 
 
 def test_wheel_ships_the_package_the_crds_and_the_command(tmp_path: Path) -> None:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--no-deps",
-            "--wheel-dir",
-            str(tmp_path),
-            str(ROOT),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    [wheel] = tmp_path.glob("fleet_dispatch-*.whl")
+    wheel = build_wheel(ROOT, tmp_path)
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         for name in manifests.CRD_FILES:

@@ -17,6 +17,15 @@ from clocks import ManualClock
 from fleetdispatch.controller.workqueue import STALL_SECONDS, Backoff, Progress, Workers, WorkQueue
 
 
+def working_on_a(base: float) -> tuple[ManualClock, WorkQueue[str]]:
+    """A queue (backoff from `base` seconds, capped at 300) whose worker has just taken key `a`."""
+    clock = ManualClock()
+    queue: WorkQueue[str] = WorkQueue(Backoff(base, 300.0), clock)
+    queue.add("a")
+    ready(queue)
+    return clock, queue
+
+
 def ready(queue: WorkQueue[str]) -> list[str]:
     """Take every ready key off the queue (the caller must `done` them), in order."""
 
@@ -129,10 +138,7 @@ def test_a_failed_key_is_retried_after_its_backoff_which_doubles_until_it_succee
 
 
 def test_an_event_for_a_key_in_backoff_waits_for_the_backoff_then_gives_one_pass() -> None:
-    clock = ManualClock()
-    queue: WorkQueue[str] = WorkQueue(Backoff(1.0, 300.0), clock)
-    queue.add("a")
-    ready(queue)
+    clock, queue = working_on_a(base=1.0)
     queue.add_rate_limited("a")
     queue.add_rate_limited("a")
     queue.add_rate_limited("a")  # the third failure: 4 s
@@ -151,10 +157,7 @@ def test_an_event_for_a_key_in_backoff_waits_for_the_backoff_then_gives_one_pass
 
 
 def test_an_event_while_a_key_is_worked_on_and_then_fails_waits_for_the_backoff() -> None:
-    clock = ManualClock()
-    queue: WorkQueue[str] = WorkQueue(Backoff(2.0, 300.0), clock)
-    queue.add("a")
-    ready(queue)
+    clock, queue = working_on_a(base=2.0)
     queue.add("a")  # an event while the pass runs...
     queue.add_rate_limited("a")  # ...and the pass fails
     queue.done("a")
@@ -164,10 +167,7 @@ def test_an_event_while_a_key_is_worked_on_and_then_fails_waits_for_the_backoff(
 
 
 def test_cancelling_a_wake_up_keeps_the_end_of_a_backoff() -> None:
-    clock = ManualClock()
-    queue: WorkQueue[str] = WorkQueue(Backoff(1.0, 300.0), clock)
-    queue.add("a")
-    ready(queue)
+    clock, queue = working_on_a(base=1.0)
     queue.add_rate_limited("a")
     queue.done("a")
     queue.cancel_wake("a")
@@ -177,10 +177,7 @@ def test_cancelling_a_wake_up_keeps_the_end_of_a_backoff() -> None:
 
 
 def test_a_discarded_key_has_no_wake_up_no_backoff_and_no_failures() -> None:
-    clock = ManualClock()
-    queue: WorkQueue[str] = WorkQueue(Backoff(1.0, 300.0), clock)
-    queue.add("a")
-    ready(queue)
+    clock, queue = working_on_a(base=1.0)
     queue.add_rate_limited("a")
     queue.done("a")
     queue.discard("a")

@@ -14,7 +14,7 @@
 --   any other phase (a newer operator)                        Unknown
 --
 -- Written for Lua 5.1 (Argo CD's gopher-lua) and the base library alone (no string, table or os).
--- tests/test_gitops_health.py runs it over sample statuses and over statuses the real operator wrote.
+-- tests/chart/test_gitops_health.py runs it over sample statuses and over statuses the real operator wrote.
 hs = {}
 
 local function condition(status, conditionType)

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from fleetdispatch.api import names
-from fleetdispatch.client.kubeapi import MERGE_PATCH, ApiError
+from fleetdispatch.client.kubeapi import ApiError
 from fleetdispatch.controller.cache import Cached, DispatchCache, Key
 from fleetdispatch.core import lifecycle, quota
 from fleetdispatch.session.protocol import format_time, parse_time
@@ -34,18 +34,8 @@ logger = logging.getLogger("fleetdispatch.controller")
 POOL_WRITE_SECONDS = 1.0
 
 
-class Requests(Protocol):
-    """The part of `KubeApi` the pool writes use."""
-
-    async def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        content_type: str = "application/json",
-        params: Mapping[str, str] | None = None,
-    ) -> dict[str, Any]: ...
+# Merge-patches a pool's status at the path given: `KubeApi.request("PATCH", ...)` in the operator.
+PatchStatus = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
 
 def member(name: str, cached: Cached, now: datetime) -> quota.Member:
@@ -67,14 +57,14 @@ class PoolBook:
     def __init__(
         self,
         cache: DispatchCache,
-        api: Requests,
+        patch_status: PatchStatus,
         lookup: Callable[[Key], quota.Pool | None],
         enqueue: Callable[[Key], None],
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         write_seconds: float = POOL_WRITE_SECONDS,
     ) -> None:
-        self.cache, self.api, self.lookup, self.enqueue = cache, api, lookup, enqueue
+        self.cache, self.patch_status, self.lookup, self.enqueue = cache, patch_status, lookup, enqueue
         self.clock, self.write_seconds = clock, write_seconds
         self._members: dict[Key, set[str]] = {}  # (namespace, pool) -> dispatch names
         self._seen: dict[Key, tuple[Any, ...]] = {}  # (gates, counts) of the pool's last watch event
@@ -191,7 +181,7 @@ class PoolBook:
             return
         path = names.QUOTA_POOLS.path(pool_key[0], pool_key[1], "status")
         try:
-            await self.api.request("PATCH", path, {"status": status}, content_type=MERGE_PATCH)
+            await self.patch_status(path, {"status": status})
         except ApiError as error:
             if error.status != 404:
                 logger.warning("cannot update quota pool %s/%s: %s", *pool_key, error)

@@ -101,7 +101,7 @@ class Reconciler:
         self.queue: WorkQueue[Key] = WorkQueue()
         self.cache = DispatchCache()
         self.pods = Pods(pods)
-        self.pools = PoolBook(self.cache, api, pools, self.queue.add, clock=clock)
+        self.pools = PoolBook(self.cache, self._patch_pool_status, pools, self.queue.add, clock=clock)
         self.limits = lifecycle.Limits(
             settings.history_limit, settings.backstop_margin_seconds, settings.max_quota_wait_seconds
         )
@@ -127,6 +127,9 @@ class Reconciler:
 
     def progress(self) -> Progress:
         return self.workers.progress()
+
+    async def _patch_pool_status(self, path: str, patch: dict[str, Any]) -> Any:
+        return await self.api.request("PATCH", path, patch, content_type=MERGE_PATCH)
 
     def _failed(self, key: Key, error: BaseException, retry_in: float) -> None:
         self.metrics.reconcile_errors.inc()

@@ -1156,15 +1156,11 @@ class _Pod:
             elif "configMap" in source or "secret" in source:
                 is_secret = "secret" in source
                 ref = source["secret" if is_secret else "configMap"]
-                data = await self._data(is_secret, ref.get("name", ""))
+                data = await self._required_data(
+                    is_secret, ref, "ContainerCreating", f'MountVolume.SetUp failed for volume "{name}": '
+                )
                 if data is None:
-                    if ref.get("optional"):
-                        continue
-                    kind = "secret" if is_secret else "configmap"
-                    raise _ContainerError(
-                        "ContainerCreating",
-                        f'MountVolume.SetUp failed for volume "{name}": {kind} "{ref.get("name")}" not found',
-                    )
+                    continue
                 files.update(self._items(name, ref, data, ref.get("name", "")))
             elif "downwardAPI" in source:
                 for item in source["downwardAPI"].get("items") or []:
@@ -1220,6 +1216,16 @@ class _Pod:
         security = self.pod["spec"].get("securityContext") or {}
         uid = security.get("runAsUser")
         return None if uid is None else int(uid)
+
+    async def _required_data(
+        self, is_secret: bool, ref: Mapping[str, Any], reason: str, where: str = ""
+    ) -> dict[str, bytes] | None:
+        """A Secret's or ConfigMap's data; None when it is missing and `optional`, else the error."""
+        data = await self._data(is_secret, ref.get("name", ""))
+        if data is None and not ref.get("optional"):
+            kind = "secret" if is_secret else "configmap"
+            raise _ContainerError(reason, f'{where}{kind} "{ref.get("name")}" not found')
+        return data
 
     async def _data(self, is_secret: bool, name: str) -> dict[str, bytes] | None:
         obj = await self.agent.lookup("secrets" if is_secret else "configmaps", self.key[0], name)
@@ -1340,14 +1346,9 @@ class _Pod:
             for is_secret, ref in ((True, source.get("secretRef")), (False, source.get("configMapRef"))):
                 if ref is None:
                     continue
-                data = await self._data(is_secret, ref.get("name", ""))
+                data = await self._required_data(is_secret, ref, "CreateContainerConfigError")
                 if data is None:
-                    if ref.get("optional"):
-                        continue
-                    kind = "secret" if is_secret else "configmap"
-                    raise _ContainerError(
-                        "CreateContainerConfigError", f'{kind} "{ref.get("name")}" not found'
-                    )
+                    continue
                 for key, raw in data.items():
                     env[prefix + key] = raw.decode(errors="replace")
         for variable in container.spec.get("env") or []:
