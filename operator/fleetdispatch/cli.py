@@ -43,32 +43,60 @@ def _manifest_files(paths: Sequence[str]) -> Iterator[str]:
     for raw in paths:
         path = Path(raw)
         if raw != STDIN and path.is_dir():
-            yield from sorted(
-                str(p) for p in path.rglob("*") if p.suffix in MANIFEST_SUFFIXES and p.is_file()
-            )
+            found = sorted(str(p) for p in path.rglob("*") if p.suffix in MANIFEST_SUFFIXES and p.is_file())
+            yield from found or [raw]  # an empty folder is named, so that it is reported
         else:
             yield raw
 
 
-def _read(file: str, stdin: TextIO) -> str:
-    return stdin.read() if file == STDIN else Path(file).read_text(encoding="utf-8")
+def _read(file: str, stdin: TextIO, limit: int) -> str:
+    """The text of `file` (`-`: standard input), at most `limit` characters read: a file, a pipe or a
+    device larger than that is refused without being read whole."""
+    if file == STDIN:
+        text = stdin.read(limit + 1)
+    elif Path(file).is_dir():
+        raise ValueError("a folder with no .yaml or .yml files in it")
+    else:
+        with open(file, "rb") as handle:
+            data = handle.read(4 * limit + 1)  # a character is at most 4 bytes of UTF-8
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"not UTF-8 text (byte {error.start} cannot be decoded)") from None
+    if len(text) > limit:
+        raise ValueError(f"larger than {limit // 2**20} MiB, the API server's request limit")
+    return text
 
 
 def validate(paths: Sequence[str], out: TextIO | None = None, stdin: TextIO | None = None) -> int:
-    """Check every fleet.dispatch.dev manifest under `paths` (`-` is standard input); 0 when all are valid."""
+    """Check every fleet.dispatch.dev manifest under `paths` (`-` is standard input); 0 when all are valid.
+
+    A file that cannot be read, is not YAML, holds no object, or is YAML no API server would be sent (an
+    alias bomb, too deep, too large: see `validation.manifests`) is one line and counts as invalid; nothing
+    here ends in a traceback."""
     from fleetdispatch.validation import manifests
 
     write = (out or sys.stdout).write
     checked = invalid = 0
     for file in _manifest_files(paths):
         try:
-            documents = list(manifests.documents(_read(file, stdin or sys.stdin)))
+            text = _read(file, stdin or sys.stdin, manifests.MAX_FILE_CHARACTERS)
+            documents = list(manifests.documents(text))
         except (OSError, ValueError) as error:
             write(f"{file}: cannot read: {error}\n")
             invalid += 1
             continue
+        if not documents:
+            write(f"{file}: cannot read: no objects in it (a manifest is a YAML mapping)\n")
+            invalid += 1
+            continue
         for manifest in documents:
-            verdict = manifests.check(manifest)
+            try:
+                verdict = manifests.check(manifest)
+            except Exception as error:  # a bug of ours: said in one line, and the other files still checked
+                write(f"{file}: internal error, please report it: {type(error).__name__}: {error}\n")
+                invalid += 1
+                continue
             if verdict.skipped:
                 continue
             checked += 1

@@ -34,6 +34,9 @@ Known differences from a real API server, each detailed in the module named:
   main-resource write leaves ``status`` alone, as on the server: it is neither validated nor stored.
 * With ``strict=True`` the server answers unknown fields with a 400 before it validates anything; ``admit``
   reports the unknown fields *and* goes on validating the pruned object, which is more useful to a linter.
+* Objects nested more than 100 levels deep or holding more than 100,000 values (:mod:`.values`) are
+  refused whole (``<nil>: Forbidden: ...``); the server allows 10,000 levels and any size up to its 3 MiB
+  request limit.
 * YAML timestamps (``datetime``/``date`` objects from a YAML loader) are turned back into RFC 3339 strings;
   the original spelling cannot be recovered.
 """
@@ -48,6 +51,7 @@ from fleetdispatch.validation.defaults import default_in_place
 from fleetdispatch.validation.listtypes import validate_list_types
 from fleetdispatch.validation.messages import (
     CEL_SKIPPED,
+    FORBIDDEN,
     INVALID,
     NIL_PATH,
     UNKNOWN_FIELD,
@@ -57,7 +61,7 @@ from fleetdispatch.validation.messages import (
 from fleetdispatch.validation.objectmeta import metadata_errors, served_version
 from fleetdispatch.validation.pruning import prune
 from fleetdispatch.validation.schema import SchemaValidator
-from fleetdispatch.validation.values import Schema, mapping, plain
+from fleetdispatch.validation.values import Schema, mapping, plain, shape_problem
 
 __all__ = ["admit", "validate"]
 
@@ -90,6 +94,10 @@ def validate(
     ``obj`` is a whole resource, whose CEL ``self`` also shows ``apiVersion``, ``kind`` and
     ``metadata.name``/``generateName``. Errors are returned, never raised.
     """
+    for value in (obj, old):
+        problem = shape_problem(value)
+        if problem is not None:
+            return [FieldError(NIL_PATH, FORBIDDEN, problem)]
     plain_old = plain(old) if old is not None else None
     return _validate(schema, plain(obj), plain_old, Collector(), resource_root=resource_root)
 
@@ -105,8 +113,13 @@ def admit(
 
     Returns the object as the server would store it (pruned and defaulted) and the errors it would report;
     an empty list means the server would accept it. With ``strict`` unknown fields are errors, otherwise
-    they are dropped silently. A malformed CRD raises :class:`ValueError`; a bad object never raises.
+    they are dropped silently. A malformed CRD raises :class:`ValueError`; a bad object never raises: one
+    too deep or too large to walk (:func:`~.values.shape_problem`) is refused whole, unwalked.
     """
+    for value in (obj, old):
+        problem = shape_problem(value)
+        if problem is not None:
+            return dict(obj), [FieldError(NIL_PATH, FORBIDDEN, problem)]
     version, errors = served_version(crd, obj)
     if version is None:
         return plain(obj), errors

@@ -45,7 +45,14 @@ from fleetdispatch.validation.messages import (
     child_path,
     render_path,
 )
-from fleetdispatch.validation.values import META_FIELDS, Schema, mapping, members, schema_type
+from fleetdispatch.validation.values import (
+    META_FIELDS,
+    Schema,
+    mapping,
+    members,
+    schema_type,
+    server_integer,
+)
 
 __all__ = ["CelValidator"]
 
@@ -90,8 +97,10 @@ def _cel_dyn(value: Any) -> Any:
         return None
     if isinstance(value, bool):
         return celtypes.BoolType(value)
-    if isinstance(value, int):
+    if isinstance(value, int) and -(2**63) <= value < 2**63:
         return celtypes.IntType(value)
+    if isinstance(value, int):  # beyond CEL's int: what the server's decoding makes of it
+        return _cel_dyn(server_integer(value))
     if isinstance(value, float):
         return celtypes.DoubleType(value)
     if isinstance(value, str):

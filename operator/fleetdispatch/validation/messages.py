@@ -233,7 +233,12 @@ def _go_value(value: object) -> str:
 
 
 def _go_json_float(number: float) -> str:
-    """encoding/json's float64: %f-like between 1e-6 and 1e21, else the shortest %e with a short exponent."""
+    """encoding/json's float64: %f-like between 1e-6 and 1e21, else the shortest %e with a short exponent.
+
+    JSON has no infinities or NaN (encoding/json refuses them, and so a value with one never reaches a
+    server); they print as %v does."""
+    if not math.isfinite(number):
+        return go_float(number)
     if number == 0 or 1e-6 <= abs(number) < 1e21:
         text = repr(number)
         if "e" in text or "E" in text:

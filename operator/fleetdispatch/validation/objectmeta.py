@@ -113,7 +113,7 @@ def served_version(crd: Mapping[str, Any], obj: Mapping[str, Any]) -> tuple[Sche
     supported = ", ".join(go_quote(v) for v in served)
     if not api_version:
         errors.append(FieldError("apiVersion", REQUIRED, ""))
-    elif api_version not in served:
+    elif not isinstance(api_version, str) or api_version not in served:
         errors.append(FieldError("apiVersion", UNSUPPORTED, f"supported values: {supported}", api_version))
     if not obj.get("kind"):
         errors.append(FieldError("kind", REQUIRED, ""))

@@ -21,8 +21,10 @@ Deliberately not done (each a known difference from a real API server):
 from __future__ import annotations
 
 import functools
+import math
 import operator
 import re
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeGuard
 
@@ -91,6 +93,20 @@ _BOUNDS: Final[tuple[tuple[str, str, str, Callable[[Any, Any], bool]], ...]] = (
 )
 
 
+def _json_integer(number: float) -> bool:
+    """go-openapi's swag.IsFloat64AJSONInteger, which decides whether a float64 may stand for an integer:
+    within +-(2**53 - 1), and integral up to a relative error of 1e-9 (for a positive number: Go's uint64
+    of a negative one is far from it, so a negative one must be integral exactly)."""
+    if not math.isfinite(number) or abs(number) > 2**53 - 1:
+        return False
+    if number.is_integer():
+        return True
+    truncated = float(math.trunc(number))
+    if number < 0 or truncated == 0:
+        return False
+    return abs(number - truncated) / min(number + truncated, sys.float_info.max) < 1e-9
+
+
 class SchemaValidator:
     """One pass of kube-openapi's SchemaValidator over a value; errors go to ``out``."""
 
@@ -146,7 +162,7 @@ class SchemaValidator:
     def _type(self, types: list[str], fmt: str, data: Any, name: str) -> None:
         kind = json_type(data)
         data_format = {"integer": "int64", "number": "float64"}.get(kind, "")
-        is_float_int = kind == "number" and float(data).is_integer() and "integer" in types
+        is_float_int = kind == "number" and _json_integer(float(data)) and "integer" in types
         is_int_float = kind == "integer" and "number" in types
         matches = kind in types or is_float_int or is_int_float
         if kind not in ("string", "array") and fmt and not (matches or data_format == fmt):
