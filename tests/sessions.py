@@ -129,3 +129,37 @@ def sessions(state_dir: Path) -> Iterator[Sessions]:
 
 def flags(**values: object) -> Sequence[str]:
     return [f"--{name.replace('_', '-')}={value}" for name, value in values.items()]
+
+
+UNSHARE = ("unshare", "--pid", "--fork", "--mount-proc")
+
+
+def pid_namespace_available() -> bool:
+    """Whether `unshare --pid --fork --mount-proc` works here (as root): a new PID namespace, like a pod's."""
+    import shutil
+
+    if shutil.which("unshare") is None:
+        return False
+    try:
+        done = subprocess.run([*UNSHARE, "true"], check=False, capture_output=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def in_pid_namespace(script: str, *args: str, timeout: float = 60) -> dict[str, object]:
+    """Run `script` (Python) as PID 1 of a new PID namespace with its own /proc, the way a pod's pause
+    process is PID 1 of the pod's namespace; returns the JSON object it prints last. Everything in the
+    namespace is killed when it ends, so no process outlives the test."""
+    import json
+
+    done = subprocess.run(
+        [*UNSHARE, sys.executable, "-c", script, *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]

@@ -51,6 +51,8 @@ class ScriptedProbe:
         self.ignores_term = ignores_term
         self.alive = True
         self.signals: list[tuple[float, int]] = []
+        # How long ago the session started, as `SessionProbe.session_age` tells (None: unknown).
+        self.age: float | None = None
 
     def sample(self) -> Sample:
         if not self.alive:
@@ -59,6 +61,9 @@ class ScriptedProbe:
 
     def session_processes(self) -> list[ProcessKey]:
         return [SESSION] if self.alive else []
+
+    def session_age(self) -> float | None:
+        return self.age if self.alive else None
 
     def signal(self, key: ProcessKey, signum: int) -> bool:
         if not self.alive:

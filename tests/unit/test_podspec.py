@@ -397,6 +397,8 @@ def test_pod_level_fields_are_set_and_the_state_volume_added() -> None:
     spec = pod["spec"]
     assert spec["restartPolicy"] == "Never"
     assert spec["shareProcessNamespace"] is True
+    # ... and the supervisor is told so: every process of the pod but PID 1 is then the session's.
+    assert "--pid-namespace=pod" in supervisor_of(pod)["command"]
     assert spec["automountServiceAccountToken"] is False
     assert spec["nodeSelector"] == {"a": "b"}
     assert spec["volumes"] == [*volumes, {"name": "fleet-state", "emptyDir": {}}]
@@ -605,6 +607,7 @@ def expected_config(attempt: int, **heartbeat: Any) -> SupervisorConfig:
         dispatch="team-a/review",
         attempt=str(attempt),
         report_file="/dev/termination-log",
+        pid_namespace="pod",
         **heartbeat,
     )
 

@@ -7,10 +7,13 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from fleetdispatch.session.deadline import Counters
 from fleetdispatch.session.probes import SessionProbe, established_inodes
-from sessions import SLEEP, Sessions
+from sessions import SLEEP, Sessions, in_pid_namespace, pid_namespace_available
 from waiting import eventually
 
 CONNECT = "import signal, socket; s = socket.create_connection(('127.0.0.1', {port})); signal.pause()"
@@ -196,3 +199,86 @@ def test_the_socket_table_reader_matches_remote_addresses_and_ports(tmp_path: Pa
     assert established_inodes(tables, set(), {ipv4}) == {114}
     assert established_inodes(tables, set(), {ipv6}) == {115}
     assert established_inodes(tables, {8080}, set()) == {114, 115}
+
+
+def test_a_child_forked_before_its_exec_is_not_cached_as_not_a_session(session: Sessions) -> None:
+    # The fork/exec race: the child is first seen with its parent's environment (no marker) under the same
+    # name it keeps after the exec, which brings the marker. A cached "not a session" would miss it forever.
+    marked = session.env()
+    late = session.spawn(
+        "import os, sys, time; time.sleep(0.6); "
+        f"os.execve(sys.executable, [sys.executable, '-c', {SLEEP!r}], {marked!r})",
+        marker=False,
+    )
+    probe = probe_for(session)
+    assert late.pid not in pids(probe), "seen before its exec: the test proves nothing"
+    name = Path(f"/proc/{late.pid}/comm").read_text()
+    eventually(lambda: late.pid in pids(probe), 10, "the exec'd child is found")
+    assert Path(f"/proc/{late.pid}/comm").read_text() == name, "the name did not change over the exec"
+
+
+def test_an_output_path_that_is_not_a_regular_file_is_ignored_with_a_log_line(session: Sessions) -> None:
+    os.mkfifo(session.state_dir / "pipe")
+    (session.state_dir / "zero").symlink_to("/dev/zero")
+    lines: list[str] = []
+    probe = probe_for(session, output_paths=["pipe", "zero"], log=lines.append)
+    assert probe.sample().output_sizes == {}
+    assert probe.sample().output_sizes == {}
+    assert len(lines) == 2 and all("not a regular file" in line for line in lines)
+
+
+# --- in a PID namespace of its own, as in the session pod -------------------------------------------------
+
+needs_pid_namespace = pytest.mark.skipif(
+    not pid_namespace_available(), reason="needs `unshare --pid --fork --mount-proc` (root)"
+)
+
+# PID 1 of the namespace (the pod's pause process) starts session processes that shed or change the
+# marker in every way a session can, then a probe in a process of its own (the supervisor), which starts a
+# child of its own too; the probe's process prints what it found.
+POD_PROBE = r"""
+import json, os, subprocess, sys, time
+SLEEP = "import signal; signal.pause()"
+marked = {**os.environ, "FLEET_DISPATCH": "ns/d", "FLEET_ATTEMPT": "1"}
+sessions = {
+    "marked": subprocess.Popen([sys.executable, "-c", SLEEP], env=marked),
+    "env -i": subprocess.Popen(["env", "-i", "sleep", "60"], env=marked),
+    "exec env -i": subprocess.Popen(["sh", "-c", "exec env -i sleep 60"], env=marked),
+    "other attempt": subprocess.Popen(["sleep", "60"], env={**marked, "FLEET_ATTEMPT": "9"}),
+}
+daemon = subprocess.run(
+    ["sh", "-c", "env -i setsid sleep 60 >/dev/null 2>&1 & echo $!"],
+    capture_output=True, text=True, env=marked,
+)
+pids = {name: p.pid for name, p in sessions.items()}
+pids["daemonised grandchild"] = int(daemon.stdout)
+PROBE = '''
+import json, subprocess, sys, time
+from fleetdispatch.session.probes import SessionProbe
+own_child = subprocess.Popen(["sleep", "60"])
+probe = SessionProbe("ns/d", "1", pid_namespace=sys.argv[1])
+time.sleep(0.3)
+found = sorted(pid for pid, _ in probe.sample().processes)
+own_child.kill()
+print(json.dumps({"found": found, "own_child": own_child.pid, "self": __import__("os").getpid()}))
+'''
+time.sleep(0.3)
+result = {}
+for mode in ("pod", "any"):
+    done = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True)
+    result[mode] = json.loads(done.stdout)
+result["sessions"] = pids
+print(json.dumps(result))
+"""
+
+
+@needs_pid_namespace
+def test_in_the_pods_pid_namespace_every_process_but_pid_1_and_the_supervisors_is_the_sessions() -> None:
+    result = in_pid_namespace(POD_PROBE)
+    sessions: dict[str, int] = result["sessions"]  # type: ignore[assignment]
+    pod: dict[str, Any] = result["pod"]  # type: ignore[assignment]
+    assert set(pod["found"]) == set(sessions.values()), (pod, sessions)
+    assert 1 not in pod["found"] and pod["self"] not in pod["found"] and pod["own_child"] not in pod["found"]
+    # Outside a pod the marker decides, and every process that shed it is lost: what the flag is for.
+    marker: dict[str, Any] = result["any"]  # type: ignore[assignment]
+    assert marker["found"] == [sessions["marked"]]

@@ -7,17 +7,20 @@ generous because a shared 2-core machine may be busy with other test runs.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fleetdispatch.session import protocol
-from sessions import BUSY, SLEEP, Sessions, alive, exited, flags
+from sessions import BUSY, SLEEP, Sessions, alive, exited, flags, in_pid_namespace, pid_namespace_available
 from waiting import eventually
 
 # A CPU threshold no process reaches: isolates the signal a test is about from the interpreter's start-up.
@@ -288,3 +291,179 @@ def test_the_supervisor_marks_itself_non_dumpable(session: Sessions) -> None:
     supervisor.process.send_signal(signal.SIGTERM)
     assert supervisor.wait() == 0
     assert supervisor.named("warning") == []
+
+
+# --- hostile state files, restarts, TERM ----------------------------------------------------------------
+
+
+def test_fifos_for_the_resume_token_and_the_outcome_do_not_hang_the_stop(session: Sessions) -> None:
+    # A blocking open() of a FIFO without a writer waits forever: the stop would never come.
+    os.mkfifo(session.state_dir / protocol.RESUME_TOKEN_FILE)
+    os.mkfifo(session.state_dir / protocol.OUTCOME_FILE)
+    sleeper = session.spawn(SLEEP)
+    supervisor = session.supervise(
+        *flags(
+            deadline_seconds=1, max_extension_seconds=0, idle_output_seconds=0, cpu_percent_threshold=NO_CPU
+        )
+    )
+    assert supervisor.wait(timeout=20) == 0
+    assert sleeper.wait(timeout=5) == -signal.SIGTERM
+    warnings = [str(w["message"]) for w in supervisor.named("warning")]
+    assert any(protocol.RESUME_TOKEN_FILE in w and "not a regular file" in w for w in warnings), warnings
+    assert any(protocol.OUTCOME_FILE in w and "not a regular file" in w for w in warnings), warnings
+    # The junk outcome is replaced by the supervisor's (a FIFO is no session's outcome).
+    assert outcome(session)["reason"] == "DeadlineExceeded"
+
+
+def test_a_resume_token_linked_to_dev_zero_is_not_read(session: Sessions) -> None:
+    (session.state_dir / protocol.RESUME_TOKEN_FILE).symlink_to("/dev/zero")
+    session.spawn(SLEEP)
+    supervisor = session.supervise(
+        *flags(
+            deadline_seconds=1, max_extension_seconds=0, idle_output_seconds=0, cpu_percent_threshold=NO_CPU
+        )
+    )
+    assert supervisor.wait(timeout=20) == 0
+    assert "resumeToken" not in outcome(session)
+    assert any(protocol.RESUME_TOKEN_FILE in str(w["message"]) for w in supervisor.named("warning"))
+
+
+def test_a_restarted_supervisor_continues_the_attempts_deadline(session: Sessions) -> None:
+    sleeper = session.spawn(SLEEP)
+    # A cap far out (the session is never active): the cap counts from the session's start, which comes
+    # before the first supervisor's, so a cap of 4 s could come before the first supervisor's deadline.
+    quiet = flags(
+        deadline_seconds=4, max_extension_seconds=60, idle_output_seconds=0, cpu_percent_threshold=NO_CPU
+    )
+    first = session.supervise(*quiet)
+    eventually(lambda: bool(first.named("start")), 10)
+    deadline = published_deadline(session)
+    assert deadline is not None
+    first.process.kill()  # as the OOM killer, or the session itself (same UID), would
+    first.wait()
+    time.sleep(1.5)
+    second = session.supervise(*quiet)
+    eventually(lambda: bool(second.named("start")), 10)
+    [start] = second.named("start")
+    assert start["restarted"] is True
+    assert protocol.parse_time(start["deadline"]) == protocol.parse_time(protocol.format_time(deadline))
+    eventually(exited(sleeper), 10)
+    assert time.time() < deadline + 1 + SLACK, "stopped at the first supervisor's deadline, not a fresh one"
+    assert second.wait() == 0
+    assert second.named("stop")[0]["reason"] == "DeadlineExceeded"
+
+
+def test_a_deadline_file_the_session_pushed_out_does_not_pass_the_cap(session: Sessions) -> None:
+    sleeper = session.spawn(SLEEP)
+    started = time.time()
+    time.sleep(0.3)
+    # A session that kills the supervisor and rewrites the file: the restarted one still holds the cap,
+    # counted from the session's start (deadline 3 s + extension 1 s).
+    protocol.write_atomic(
+        session.state_dir / protocol.DEADLINE_FILE, protocol.format_deadline(started + 3600)
+    )
+    supervisor = session.supervise(
+        *flags(
+            deadline_seconds=3, max_extension_seconds=1, idle_output_seconds=0, cpu_percent_threshold=NO_CPU
+        )
+    )
+    eventually(exited(sleeper), 15)
+    assert time.time() - started <= 4 + SLACK
+    assert supervisor.wait() == 0
+    [start] = supervisor.named("start")
+    assert start["restarted"] is True and start["deadline"] == start["cap"]
+
+
+def test_a_stale_deadline_file_from_an_earlier_run_is_no_restart(session: Sessions) -> None:
+    protocol.write_atomic(
+        session.state_dir / protocol.DEADLINE_FILE, protocol.format_deadline(time.time() - 60)
+    )
+    os.utime(session.state_dir / protocol.DEADLINE_FILE, (time.time() - 60, time.time() - 60))
+    time.sleep(0.1)
+    sleeper = session.spawn(SLEEP)
+    supervisor = session.supervise(*flags(deadline_seconds=30, cpu_percent_threshold=NO_CPU))
+    eventually(lambda: bool(supervisor.named("start")), 10)
+    assert "restarted" not in supervisor.named("start")[0]
+    time.sleep(0.5)
+    assert sleeper.poll() is None
+    supervisor.process.send_signal(signal.SIGTERM)
+    assert supervisor.wait() == 0
+
+
+def test_sigterm_reports_the_last_resume_token(session: Sessions, tmp_path: Path) -> None:
+    report = tmp_path / "termination-log"
+    session.spawn(SLEEP)
+    supervisor = session.supervise(*flags(deadline_seconds=30, report_file=report))
+    eventually(lambda: bool(supervisor.named("start")), 10)
+    time.sleep(0.3)  # seen the session
+    protocol.write_atomic(session.state_dir / protocol.RESUME_TOKEN_FILE, "step-41\n")
+    supervisor.process.send_signal(signal.SIGTERM)
+    assert supervisor.wait() == 0
+    message = json.loads(report.read_text())
+    assert message["resumeToken"] == "step-41"
+    assert "deadline" in message
+
+
+# --- in a PID namespace of its own, as in the session pod -------------------------------------------------
+
+needs_pid_namespace = pytest.mark.skipif(
+    not pid_namespace_available(), reason="needs `unshare --pid --fork --mount-proc` (root)"
+)
+
+# PID 1 (the pause process) starts sessions that shed the marker, then the real `fleetdispatch supervise
+# --pid-namespace=pod`, and waits for it; it reports how each session process ended and the supervisor's log.
+POD_SUPERVISE = r"""
+import json, os, signal, subprocess, sys, tempfile, time
+state = tempfile.mkdtemp()
+SLEEP = "import signal; signal.pause()"
+marked = {**os.environ, "FLEET_DISPATCH": "ns/d", "FLEET_ATTEMPT": "1", "FLEET_STATE_DIR": state}
+mode = sys.argv[1]
+if mode == "stop":
+    sessions = [
+        subprocess.Popen(["env", "-i", sys.executable, "-c", SLEEP]),
+        subprocess.Popen(["sh", "-c", f"exec env -i FLEET_ATTEMPT=2 {sys.executable} -c '{SLEEP}'"]),
+    ]
+    budget = ["--deadline-seconds=2", "--max-extension-seconds=0"]
+else:  # "exit": a session that ends by itself
+    sessions = [subprocess.Popen(["env", "-i", "sleep", "1"])]
+    budget = ["--deadline-seconds=30"]
+log = open(os.path.join(state, "supervisor.log"), "w+")
+supervisor = subprocess.Popen(
+    [sys.executable, "-m", "fleetdispatch.cli", "supervise", "--pid-namespace=pod", "--dispatch=ns/d",
+     "--attempt=1", f"--state-dir={state}", "--poll-seconds=0.1", "--idle-output-seconds=0",
+     "--cpu-percent-threshold=10000", f"--report-file={state}/report", *budget],
+    stdout=log, env={k: v for k, v in marked.items() if not k.startswith("FLEET_")},
+)
+codes = [p.wait(timeout=30) for p in sessions]
+running_after_session = None
+if mode == "exit":
+    time.sleep(1.5)
+    running_after_session = supervisor.poll() is None
+    supervisor.send_signal(signal.SIGTERM)
+supervisor.wait(timeout=30)
+log.seek(0)
+print(json.dumps({
+    "codes": codes,
+    "running_after_session": running_after_session,
+    "events": [json.loads(line) for line in log if line.strip()],
+}))
+"""
+
+
+@needs_pid_namespace
+def test_in_a_pod_namespace_sessions_without_the_marker_are_stopped() -> None:
+    result = in_pid_namespace(POD_SUPERVISE, "stop")
+    assert result["codes"] == [-signal.SIGTERM, -signal.SIGTERM]
+    events: list[dict[str, Any]] = result["events"]  # type: ignore[assignment]
+    assert [e["processes"] for e in events if e["event"] == "signalled"] == [2]
+    assert [e["reason"] for e in events if e["event"] == "stop"] == ["DeadlineExceeded"]
+
+
+@needs_pid_namespace
+def test_in_a_pod_namespace_the_supervisor_keeps_looking_until_the_kubelet_stops_it() -> None:
+    result = in_pid_namespace(POD_SUPERVISE, "exit")
+    assert result["codes"] == [0]
+    assert result["running_after_session"] is True, "it exited when the session did, not when TERMed"
+    events: list[dict[str, Any]] = result["events"]  # type: ignore[assignment]
+    assert "terminated" in events[-1]["reason"]
+    assert not [e for e in events if e["event"] == "signalled"]

@@ -113,3 +113,24 @@ def test_the_final_figures_are_reported_on_every_exit_after_the_session_was_seen
             )
         assert loop.run() == 0
         assert json.loads(report.read_text())["deadline"] == protocol.format_time(WALL_START + 10)
+
+
+def test_in_the_pods_namespace_the_budget_counts_from_the_sessions_start(tmp_path: Path) -> None:
+    # A supervisor (re)started 5 s into a running session, its deadline file gone (the session removed
+    # it): the budget and the cap still count from the session's start, not from a fresh one.
+    clock = Clock()
+    probe = ScriptedProbe(clock, cpu_share=1.0)
+    probe.age = 5.0
+    events: list[dict[str, Any]] = []
+    supervisor = scripted_supervisor(config(tmp_path, pid_namespace="pod"), clock, probe, events=events)
+    assert supervisor.run() == 0
+    assert probe.signals[0] == (125.0, signal.SIGTERM)  # 100 - 5 + 10 + 20: the cap, from the session's start
+    assert "restarted" not in events[0]
+
+
+def test_elsewhere_a_session_older_than_the_supervisor_gets_the_full_budget(tmp_path: Path) -> None:
+    clock = Clock()
+    probe = ScriptedProbe(clock)
+    probe.age = 5.0
+    assert scripted_supervisor(config(tmp_path), clock, probe).run() == 0
+    assert probe.signals[0] == (110.0, signal.SIGTERM)

@@ -419,6 +419,8 @@ def _supervisor_config(
         dispatch=f"{ref.namespace}/{ref.name}",
         attempt=str(attempt),
         report_file=SUPERVISOR_REPORT_PATH,
+        # The pod is built with shareProcessNamespace: every process in it but PID 1 is the session's.
+        pid_namespace="pod",
     )
     if heartbeat_pod is None:
         return config

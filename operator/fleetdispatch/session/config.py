@@ -22,11 +22,15 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from fleetdispatch.session import protocol
 
 DEFAULT_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+PidNamespace = Literal["pod", "any"]
+"""`pod`: the supervisor runs in the session pod's own PID namespace, where every process but PID 1 and the
+supervisor's own is the session's; `any`: processes are told apart by the session's environment marker."""
+PID_NAMESPACES: tuple[PidNamespace, ...] = ("pod", "any")
 ENV_TOKEN_FILE = "FLEET_TOKEN_FILE"
 
 
@@ -56,6 +60,8 @@ class SupervisorConfig:
     heartbeat_seconds: float = 30
     # Where the final figures go on exit: the supervisor container's termination message file.
     report_file: str | None = None
+    # The operator's pod shares its PID namespace (shareProcessNamespace) and says so.
+    pid_namespace: PidNamespace = "any"
 
     @property
     def cap_seconds(self) -> int:
@@ -92,6 +98,8 @@ class SupervisorConfig:
             args.append(f"--report-file={self.report_file}")
         if self.heartbeat_seconds != SupervisorConfig.heartbeat_seconds:
             args.append(f"--heartbeat-seconds={self.heartbeat_seconds:g}")
+        if self.pid_namespace != SupervisorConfig.pid_namespace:
+            args.append(f"--pid-namespace={self.pid_namespace}")
         return args
 
     @classmethod
@@ -222,6 +230,14 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
         "--attempt",
         default=environ.get(protocol.ENV_ATTEMPT, ""),
         help=f"session processes carry it in {protocol.ENV_ATTEMPT} (default: from env)",
+    )
+    session.add_argument(
+        "--pid-namespace",
+        choices=PID_NAMESPACES,
+        default=default.pid_namespace,
+        help="pod: the supervisor is in the session pod's own PID namespace (shareProcessNamespace), where "
+        "every process but PID 1 and the supervisor's is the session's, whatever its environment; any: "
+        f"session processes are those with the marker (default {default.pid_namespace})",
     )
     lease = parser.add_argument_group("the Lease heartbeat (on when the token file exists)")
     lease.add_argument(

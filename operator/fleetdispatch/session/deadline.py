@@ -19,7 +19,8 @@ measures (`probes`) and acts (signals, files), this module only judges. One atte
   When both are due, the deadline wins, as in the original tool.
 - The idle timer starts when the first session process is seen, because nothing can write before the
   session container starts (an image pull may take longer than the idle limit); the deadline counts from
-  the supervisor's start.
+  the supervisor's start. A restarted supervisor continues the attempt (`resumed_state`): the deadline it
+  had published, under the cap of the attempt's start.
 
 Time: every instant here is on the monotonic clock the caller passes in, so a wall clock stepped backwards
 or forwards (NTP, a suspended VM) neither extends nor kills. The shell converts to epoch seconds only to
@@ -107,6 +108,12 @@ Judgement = Continue | Stop
 def initial_state(config: SupervisorConfig, now: float) -> State:
     """The state at the supervisor's start: the deadline is the initial budget."""
     return State(start=now, deadline=now + config.deadline_seconds)
+
+
+def resumed_state(config: SupervisorConfig, start: float, deadline: float) -> State:
+    """The state of a restarted supervisor: the attempt began at `start`, its deadline (as published in the
+    `deadline` file) is `deadline`, never past the cap that `start` sets, whoever wrote the file."""
+    return State(start=start, deadline=min(deadline, start + config.cap_seconds))
 
 
 def cap(config: SupervisorConfig, state: State) -> float:

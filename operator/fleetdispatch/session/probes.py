@@ -1,12 +1,25 @@
 """The probes: find one attempt's session processes and measure them, once per poll, cheaply.
 
-A session process is any process whose environment carries this attempt's `FLEET_DISPATCH` and
-`FLEET_ATTEMPT` values. That finds daemonised grandchildren (which leave the container's process tree but
-keep the environment), and leaves out the pod's other processes (the pause process, a mesh proxy, the
-supervisor itself and its ancestors) and leftovers of another attempt. An environment is read once per
-process, keyed by (pid, start time) so a reused pid is a new process, and read again only when a process
-that was not a session execs (its name changes): a container's first process is the runtime's init until
-it execs the session's entrypoint, with the marker.
+Which processes are the session's depends on where the supervisor runs (`config.PidNamespace`):
+
+- In the session pod's own PID namespace (`pod`: the operator's pod has `shareProcessNamespace: true` and
+  passes `--pid-namespace=pod`), every process but PID 1 (the pod's pause process) and the supervisor's
+  own tree (itself, its ancestors and its descendants) is the session's, whatever its environment: a child
+  that clears its environment (`env -i`, `sudo`) or changes `FLEET_ATTEMPT` is still found, and so is
+  everything a daemonising grandchild leaves behind. No environment is read at all. A flag, not a guess
+  from `/proc/1`: the pod builder knows it made the namespace, while the pause process's name depends on
+  the runtime, and the pod's processes may run as a UID that cannot read PID 1's namespace links. If the
+  supervisor is PID 1 itself (no shared namespace after all: it sees only its own tree), it falls back to
+  the marker, with a log line. Not told apart: the processes of another container of the pod (a mesh
+  proxy's) count as the session's too, their CPU as its activity; the operator's pod has none of its own.
+- Anywhere else (`any`: by hand, the tests on a host), a session process is any process whose
+  environment carries this attempt's `FLEET_DISPATCH` and `FLEET_ATTEMPT` values. That finds daemonised
+  grandchildren (which leave the process tree but keep the environment), and leaves out other processes
+  and leftovers of another attempt. An environment is read once per process, keyed by (pid, start time)
+  so a reused pid is a new process, and read again when a process that was not a session execs (its name
+  changes) or while it is young (`young_seconds`): a just-forked child has its parent's environment until
+  it execs, possibly under the same name, so a "not a session" verdict is kept only once it was read from
+  a process older than that.
 
 Each poll reads, per process, `/proc/PID/stat` (CPU time, start time, state) and `/proc/PID/io` (`wchar`,
 the bytes it wrote to files, pipes and sockets). Connections: the session processes' `/proc/PID/fd` links
@@ -28,6 +41,9 @@ budget.
 Host names in `apiEndpoints` are resolved in a background thread, at start and then periodically, so a
 slow DNS never delays a poll; until a name resolves it matches nothing (`:port` entries need no DNS).
 
+The `outputPaths` are only measured (`stat`, never opened), and only a regular file counts: anything else
+is as good as missing, with one log line per path.
+
 Processes that vanish or deny access between listing and reading are skipped, never fatal. All state lives
 in one `SessionProbe` object: nothing is shared between two supervisors in one process.
 
@@ -41,6 +57,7 @@ import contextlib
 import ipaddress
 import os
 import socket
+import stat as stat_mode
 import sys
 import threading
 import time
@@ -49,13 +66,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleetdispatch.session import protocol
-from fleetdispatch.session.config import Endpoint
+from fleetdispatch.session.config import Endpoint, PidNamespace
 from fleetdispatch.session.deadline import Counters, ProcessKey, Sample
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 TCP_ESTABLISHED = "01"
 GONE_STATES = frozenset("ZX")  # a zombie has exited: it holds no resources and cannot be signalled usefully
 RESOLVE_EVERY_SECONDS = 300.0
+# A marker-less process younger than this may still be between fork and exec: its environment is read again.
+YOUNG_SECONDS = 2.0
 
 Resolver = Callable[[str, int], Iterable[str]]
 """Host and port to IP address strings (IPv4 or IPv6)."""
@@ -142,6 +161,15 @@ def _read_stat(proc: Path, pid: int) -> _Stat | None:
     )
 
 
+def _uptime(proc: Path) -> float | None:
+    """Seconds since boot, the clock of a process's start time in `/proc/PID/stat`."""
+    try:
+        with open(f"{proc}/uptime", "rb") as file:
+            return float(file.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _read_write_chars(proc: Path, pid: int) -> int | None:
     try:
         with open(f"{proc}/{pid}/io", "rb") as file:
@@ -157,6 +185,8 @@ def _read_write_chars(proc: Path, pid: int) -> int | None:
 class _Known:
     name: str
     session: bool
+    # Its environment was read while it was young (maybe before its exec): read it again next time.
+    young: bool = False
 
 
 class SessionProbe:
@@ -173,7 +203,12 @@ class SessionProbe:
         proc: Path | str = "/proc",
         resolver: Resolver = system_resolver,
         resolve_every: float = RESOLVE_EVERY_SECONDS,
+        pid_namespace: PidNamespace = "any",
+        young_seconds: float = YOUNG_SECONDS,
+        log: Callable[[str], object] | None = None,
     ) -> None:
+        self._log = log
+        self._young_ticks = young_seconds * CLOCK_TICKS
         self._marker = {
             protocol.ENV_DISPATCH.encode() + b"=" + dispatch.encode(),
             protocol.ENV_ATTEMPT.encode() + b"=" + attempt.encode(),
@@ -193,7 +228,25 @@ class SessionProbe:
         self._names = [e for e in endpoints if e.host is not None and not _is_ip(e.host)]
         self._resolved: set[tuple[bytes, int]] = set()
         self._excluded = self._self_and_ancestors()
+        self._own_pid = os.getpid()
+        self._pid_namespace: PidNamespace = pid_namespace
+        if pid_namespace == "pod" and self._own_pid == 1:
+            self._pid_namespace = "any"
+            self._say(
+                "the supervisor is PID 1, so it shares no PID namespace with the session: "
+                "session processes are found by their environment marker"
+            )
+        self._ignored_outputs: set[tuple[str, str]] = set()
         self._resolving: threading.Thread | None = None
+
+    @property
+    def pid_namespace(self) -> PidNamespace:
+        """How this probe tells session processes apart (after any fallback)."""
+        return self._pid_namespace
+
+    def _say(self, message: str) -> None:
+        if self._log is not None:
+            self._log(message)
 
     def _self_and_ancestors(self) -> set[ProcessKey]:
         """The supervisor and the processes that started it: never session processes, whatever their env."""
@@ -254,21 +307,36 @@ class SessionProbe:
             pids = [int(name) for name in os.listdir(self._proc) if name.isdigit()]
         except OSError:
             pids = []
+        stats: dict[int, _Stat] = {}
         for pid in pids:
             stat = _read_stat(self._proc, pid)
-            if stat is None:
-                continue
+            if stat is not None:
+                stats[pid] = stat
+        pod = self._pid_namespace == "pod"
+        now_ticks: float | None = None
+        for pid, stat in stats.items():
             key = (pid, stat.start_ticks)
             if key in self._excluded:
                 continue
-            entry = self._known.get(key)
-            if entry is None or (not entry.session and entry.name != stat.name):
-                session = self._has_marker(pid)
-                # The pid may have been reused between the two reads: only a still-identical process counts.
-                again = _read_stat(self._proc, pid)
-                if again is None or again.start_ticks != stat.start_ticks:
+            if pod:
+                if pid == 1 or self._descends_from_self(pid, stats):
                     continue
-                entry = _Known(name=stat.name, session=session)
+                entry = _Known(name=stat.name, session=True)
+            else:
+                entry = self._known.get(key) or _Known(name="", session=False, young=True)
+                if not entry.session and (entry.young or entry.name != stat.name):
+                    session = self._has_marker(pid)
+                    # The pid may have been reused between the two reads: only a still-identical process
+                    # counts.
+                    again = _read_stat(self._proc, pid)
+                    if again is None or again.start_ticks != stat.start_ticks:
+                        continue
+                    if now_ticks is None:
+                        uptime = _uptime(self._proc)
+                        now_ticks = float("inf") if uptime is None else uptime * CLOCK_TICKS
+                    # Read before the process was `young_seconds` old: it may not have exec'd yet.
+                    young = not session and now_ticks - stat.start_ticks < self._young_ticks
+                    entry = _Known(name=stat.name, session=session, young=young)
             known[key] = entry
             if entry.session and stat.state not in GONE_STATES:
                 processes[key] = Counters(
@@ -277,6 +345,19 @@ class SessionProbe:
         self._known = known
         self._current = list(processes)
         return processes
+
+    def _descends_from_self(self, pid: int, stats: dict[int, _Stat]) -> bool:
+        """Whether the supervisor is among `pid`'s ancestors (a child it started is never the session's)."""
+        seen = 0
+        while pid > 1 and seen < len(stats):
+            stat = stats.get(pid)
+            if stat is None:
+                return False
+            pid = stat.parent
+            if pid == self._own_pid:
+                return True
+            seen += 1
+        return False
 
     def _socket_inodes(self, processes: Iterable[ProcessKey]) -> set[int]:
         inodes: set[int] = set()
@@ -308,8 +389,15 @@ class SessionProbe:
     def _output_sizes(self) -> dict[str, int]:
         sizes: dict[str, int] = {}
         for path in self._output_paths:
-            with contextlib.suppress(OSError):
-                sizes[path] = (self._state_dir / path).stat().st_size
+            try:
+                info = (self._state_dir / path).stat()
+            except OSError:
+                continue
+            if stat_mode.S_ISREG(info.st_mode):
+                sizes[path] = info.st_size
+            elif (path, kind := stat_mode.filemode(info.st_mode)[0]) not in self._ignored_outputs:
+                self._ignored_outputs.add((path, kind))
+                self._say(f"output path {path}: not a regular file ({kind!r}): ignored")
         return sizes
 
     def sample(self) -> Sample:
@@ -320,6 +408,14 @@ class SessionProbe:
             api_connection=bool(processes) and self._api_connection(processes),
             output_sizes=self._output_sizes(),
         )
+
+    def session_age(self) -> float | None:
+        """Seconds since the oldest session process alive now started (rescanned); None when there is none."""
+        processes = self._scan()
+        uptime = _uptime(self._proc)
+        if not processes or uptime is None:
+            return None
+        return max(0.0, uptime - min(start for _, start in processes) / CLOCK_TICKS)
 
     def session_processes(self) -> list[ProcessKey]:
         """The session processes alive now (rescanned; zombies count as gone)."""

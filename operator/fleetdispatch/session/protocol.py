@@ -9,6 +9,12 @@ The `deadline` file holds integer epoch seconds followed by a newline, so a shel
 `$(cat "$FLEET_STATE_DIR/deadline")`. Every file is replaced atomically (a temporary file in the same
 directory, then a rename), so a reader sees the old content or the new one, never half of either.
 
+The state directory is writable by the session, so its files are read as hostile input (`read_state_file`):
+opened with `O_NONBLOCK` (a FIFO never blocks the reader) and `O_NOFOLLOW` (a symlink to `/dev/zero`, or
+to the supervisor's own heartbeat token, is not followed), only a regular file (`fstat`), and at most
+`MAX_STATE_FILE_BYTES` (a 300 MB file is not read whole). Anything else reads as no file, and the
+readers' optional `on_ignored` callback gets one line saying why.
+
 Deliberately not here: any policy (when a deadline moves, how an outcome is classified) and any clock read.
 """
 
@@ -18,7 +24,9 @@ import contextlib
 import json
 import math
 import os
+import stat
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -60,12 +68,69 @@ REPORT_FIELDS: Final = (
     REPORT_LAST_OUTPUT,
 )
 REPORT_TIMES: Final = (REPORT_DEADLINE, REPORT_DEADLINE_CAP, REPORT_LAST_ACTIVITY, REPORT_LAST_OUTPUT)
+# The session's last resume token, in a stop's outcome and in every report (so a TERM does not lose it);
+# not a figure the status mirrors, so not among REPORT_FIELDS. At most this long, so the message fits.
+REPORT_RESUME_TOKEN: Final = "resumeToken"
+MAX_RESUME_TOKEN_BYTES: Final = 2048
 # What kept a session alive last: its CPU, a connection to the API endpoint, or its output growing.
 ACTIVITY_REASONS: Final = ("cpu", "api-connection", "output")
 
 # The kubelet keeps at most 4096 bytes of a termination message; a longer outcome would arrive cut, which
 # is no longer JSON. Writers keep their outcome below this.
 MAX_OUTCOME_BYTES = 4096
+# A state file (deadline, resume token, outcome) larger than this is ignored rather than read.
+MAX_STATE_FILE_BYTES = 64 * 1024
+_STATE_OPEN_FLAGS = (
+    os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+)
+
+Ignored = Callable[[str], object]
+"""Told, in one line, why a state file was ignored (it is a FIFO, a symlink, too large, ...)."""
+
+
+def read_state_file(path: Path, on_ignored: Ignored | None = None) -> bytes | None:
+    """The bytes of a regular file of at most `MAX_STATE_FILE_BYTES`; None when it is missing or anything
+    else (a FIFO, a device, a symlink, a directory, a larger file), which `on_ignored` hears about.
+
+    Never blocks and never raises `OSError`.
+    """
+
+    def ignored(why: str) -> None:
+        if on_ignored is not None:
+            on_ignored(f"{path}: {why}: ignored")
+
+    try:
+        fd = os.open(path, _STATE_OPEN_FLAGS)
+    except FileNotFoundError:
+        return None
+    except OSError as error:  # ELOOP: a symlink (O_NOFOLLOW); ENXIO: a FIFO without a writer, ...
+        ignored(f"cannot open ({os.strerror(error.errno) if error.errno else error})")
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            ignored("not a regular file")
+            return None
+        if info.st_size > MAX_STATE_FILE_BYTES:
+            ignored(f"{info.st_size} bytes, over the {MAX_STATE_FILE_BYTES}-byte limit")
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_STATE_FILE_BYTES:  # the file may grow after the fstat
+            chunk = os.read(fd, MAX_STATE_FILE_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_STATE_FILE_BYTES:
+            ignored(f"over the {MAX_STATE_FILE_BYTES}-byte limit")
+            return None
+        return b"".join(chunks)
+    except OSError as error:
+        ignored(f"cannot read ({error})")
+        return None
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: Path, text: str, *, replace: bool = True) -> bool:
@@ -108,33 +173,42 @@ def parse_deadline(text: str) -> int | None:
     return math.floor(value) if math.isfinite(value) and value > 0 else None
 
 
-def read_deadline(state_dir: Path) -> int | None:
+def read_deadline(state_dir: Path, on_ignored: Ignored | None = None) -> int | None:
     """The live deadline from `state_dir/deadline`, or None when the file is missing or unreadable."""
+    data = read_state_file(state_dir / DEADLINE_FILE, on_ignored)
+    if data is None:
+        return None
     try:
-        return parse_deadline((state_dir / DEADLINE_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError):
+        return parse_deadline(data.decode("utf-8"))
+    except UnicodeDecodeError:
         return None
 
 
-def read_outcome(state_dir: Path) -> dict[str, Any] | None:
+def read_outcome(state_dir: Path, on_ignored: Ignored | None = None) -> dict[str, Any] | None:
     """The outcome a session wrote, when `outcome.json` is a JSON object with a string `reason`; else None.
 
     Never raises: a missing, half-written or junk file is as good as no outcome.
     """
+    data = read_state_file(state_dir / OUTCOME_FILE, on_ignored)
+    if data is None:
+        return None
     try:
-        outcome = json.loads((state_dir / OUTCOME_FILE).read_bytes())
-    except (OSError, ValueError):
+        outcome = json.loads(data)
+    except (ValueError, RecursionError):
         return None
     if isinstance(outcome, dict) and isinstance(outcome.get("reason"), str) and outcome["reason"]:
         return outcome
     return None
 
 
-def read_resume_token(state_dir: Path) -> str | None:
+def read_resume_token(state_dir: Path, on_ignored: Ignored | None = None) -> str | None:
     """The session's current resume token (surrounding whitespace removed), or None when there is none."""
+    data = read_state_file(state_dir / RESUME_TOKEN_FILE, on_ignored)
+    if data is None:
+        return None
     try:
-        token = (state_dir / RESUME_TOKEN_FILE).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError):
+        token = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
         return None
     return token or None
 
@@ -184,6 +258,16 @@ def report(
         REPORT_LAST_OUTPUT: None if last_output is None else format_time(last_output),
     }
     return {key: value for key, value in values.items() if value is not None}
+
+
+def read_report_resume_token(value: object) -> str | None:
+    """The resume token of a decoded termination message or outcome (`resumeToken`), if it has one."""
+    if not isinstance(value, dict):
+        return None
+    token = value.get(REPORT_RESUME_TOKEN)
+    if not isinstance(token, str) or not token or len(token.encode()) > MAX_RESUME_TOKEN_BYTES:
+        return None
+    return token
 
 
 def read_report(value: object) -> dict[str, str]:

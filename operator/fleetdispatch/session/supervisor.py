@@ -8,10 +8,25 @@ process, waits `killGraceSeconds` and sends KILL to the survivors. It logs one J
 per judgement that changes something (start, extension, stop, signals, exit), never one per quiet poll.
 
 It exits (code 0) once it has seen session processes and none is left, so it also works as an ordinary
-container where native sidecars are unavailable. Before the session appears it waits (the session container
-starts after the sidecar), but the deadline counts from its own start: if it passes before any session
-process appeared, it logs that and exits. On SIGTERM (the pod is being deleted) it exits at once without
-signalling the session: the kubelet does that.
+container where native sidecars are unavailable; an empty scan is confirmed by a second one first. In the
+pod's own PID namespace (`--pid-namespace=pod`, the operator's pod) it does not: there it is a native
+sidecar, which the kubelet stops once the session container has exited, and a session container that is
+running but shows no process yet (between two execs, say) is looked for again, up to the deadline. Before
+the session appears it waits (the session container starts after the sidecar), but the deadline counts
+from its own start: if it passes before any session process appeared, it logs that and exits. On SIGTERM
+(suspend, the pod is being deleted) it writes its report, with the session's last resume token, and exits
+at once without signalling the session: the kubelet does that.
+
+A restarted supervisor (the kubelet restarts a native sidecar that exits or is killed) continues the
+attempt instead of starting a fresh budget: when the `deadline` file was written while the session's
+oldest process has been alive, that deadline holds, and the cap counts from the attempt's start, taken as
+the earliest of its own start and that process's start (the operator's backstop counts from the session's
+start too). In the pod's namespace the cap always counts from there, so a session that kills the
+supervisor and removes the file gets no new cap. The deadline file is the session's to write as well: it
+can only shorten its own budget, never pass the cap.
+
+State files are read through `protocol`'s guarded readers (no FIFO, symlink or file over 64 KiB is read);
+what they ignore is logged as a warning.
 
 It marks itself non-dumpable at start, so the session, which runs as the same UID, cannot read its memory,
 environment or heartbeat token through `/proc`.
@@ -32,7 +47,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -54,21 +71,24 @@ from fleetdispatch.session.deadline import (
     decide,
     initial_state,
     next_check,
+    resumed_state,
 )
 from fleetdispatch.session.heartbeat import Heartbeat, LeaseStatus
-from fleetdispatch.session.probes import SessionProbe
+from fleetdispatch.session.probes import YOUNG_SECONDS, SessionProbe
 
 PR_SET_DUMPABLE = 4
 # While waiting for stopped processes to exit, look this often (or each poll, when polls are shorter).
 EXIT_POLL_SECONDS = 0.2
 # A resume token longer than this is left out of the outcome: with it the outcome would exceed the
 # kubelet's 4096-byte termination message and arrive cut.
-MAX_RESUME_TOKEN_BYTES = 2048
+MAX_RESUME_TOKEN_BYTES = protocol.MAX_RESUME_TOKEN_BYTES
+RESUME_TOKEN_FIELD = protocol.REPORT_RESUME_TOKEN
 
 
 class Probe(Protocol):
     def sample(self) -> Sample: ...
     def session_processes(self) -> list[ProcessKey]: ...
+    def session_age(self) -> float | None: ...
     def signal(self, key: ProcessKey, signum: int) -> bool: ...
 
 
@@ -121,21 +141,18 @@ class Supervisor:
     ) -> None:
         self._config = config
         self._state_dir = Path(config.state_dir)
-        self._probe: Probe = probe or SessionProbe(
-            config.dispatch,
-            config.attempt,
-            api_endpoints=config.api_endpoints,
-            output_paths=config.output_paths,
-            state_dir=self._state_dir,
-        )
-        self._heartbeat = heartbeat
         self._log = log or JsonLog(sys.stdout, wall)
+        self._probe: Probe = probe or session_probe(config, self._warn)
+        self._heartbeat = heartbeat
         self._monotonic = monotonic
         self._wall = wall
         self._terminated = threading.Event()
         # The default sleep wakes up early on terminate(), so SIGTERM is honoured at once.
         self._sleep = sleep or self._terminated.wait
         self._clock = WallClock(0.0)
+
+    def _warn(self, message: str) -> None:
+        self._log("warning", message=message)
 
     def terminate(self) -> None:
         """Stop supervising at once, without signalling the session (SIGTERM: the pod is going away)."""
@@ -176,11 +193,35 @@ class Supervisor:
             )
         )
 
+    def _initial_state(self, now: float) -> tuple[State, bool]:
+        """The state at start, and whether it continues an earlier supervisor's attempt (a restart)."""
+        config = self._config
+        age = self._probe.session_age()
+        session_start = None if age is None else now - age
+        restarted_deadline = None
+        if session_start is not None:
+            path = self._state_dir / protocol.DEADLINE_FILE
+            try:
+                info = os.lstat(path)
+            except OSError:
+                info = None
+            # Written while this session ran: a stale file from an earlier run by hand is no restart.
+            written_since = info is not None and info.st_mtime >= self._clock.epoch(session_start) - 1
+            if info is not None and stat.S_ISREG(info.st_mode) and written_since:
+                restarted_deadline = protocol.read_deadline(self._state_dir, self._warn)
+        pod = config.pid_namespace == "pod"
+        start = now
+        if session_start is not None and (restarted_deadline is not None or pod):
+            start = min(now, session_start)
+        if restarted_deadline is not None:
+            return resumed_state(config, start, restarted_deadline - self._clock.offset), True
+        return initial_state(config, start), False
+
     def run(self) -> int:
         config = self._config
-        start = self._monotonic()
-        self._clock = WallClock.capture(start, self._wall())
-        state = initial_state(config, start)
+        now = self._monotonic()
+        self._clock = WallClock.capture(now, self._wall())
+        state, restarted = self._initial_state(now)
         with contextlib.suppress(OSError):
             self._state_dir.mkdir(parents=True, exist_ok=True)
         self._publish_deadline(state.deadline)
@@ -190,12 +231,21 @@ class Supervisor:
             attempt=config.attempt,
             deadline=self._epoch(state.deadline),
             cap=self._epoch(cap(config, state)),
+            **({"restarted": True, "attemptStart": self._epoch(state.start)} if restarted else {}),
         )
+        # In the pod's namespace the kubelet ends the sidecar after the session; elsewhere, no process left
+        # is the end (confirmed by a second scan: a process may be between fork and exec).
+        exit_when_gone = config.pid_namespace != "pod"
         while not self._terminated.is_set():
             now = self._monotonic()
             sample = self._probe.sample()
             state, judgement = decide(config, state, sample, now)
-            if state.session_seen and not sample.processes:
+            if (
+                exit_when_gone
+                and state.session_seen
+                and not sample.processes
+                and not self._probe.session_processes()
+            ):
                 self._report(state)
                 self._log("exit", reason="no session process is left")
                 return 0
@@ -220,8 +270,9 @@ class Supervisor:
                 )
             wake = min(now + config.poll_seconds, next_check(config, state))
             self._sleep(max(0.0, wake - self._monotonic()))
-        if state.session_seen:
-            self._report(state)  # the usual end: the session exited and the kubelet TERMs its sidecar
+        # The usual end (the session exited and the kubelet TERMs its sidecar), a suspend or a deletion:
+        # report, with the last resume token, even if no session process was seen (a pod deleted early).
+        self._report(state)
         self._log("exit", reason="terminated: the session is left to the kubelet")
         return 0
 
@@ -238,6 +289,11 @@ class Supervisor:
         # The state's figures, never an outcome's: a figure the state does not know is left out.
         rest = {k: v for k, v in (outcome or {}).items() if k not in protocol.REPORT_FIELDS}
         report = {**rest, **self._figures(state)}
+        if RESUME_TOKEN_FIELD not in report:
+            # The session's last resume token, so that a TERM (suspend, deletion) does not lose it.
+            token = self._resume_token()
+            if token is not None:
+                report[RESUME_TOKEN_FIELD] = token
         try:
             # In place, not by rename: the kubelet bind-mounts this one file into the container.
             with open(self._config.report_file, "w", encoding="utf-8") as file:
@@ -269,23 +325,30 @@ class Supervisor:
             "message": self._message(stop),
             **self._figures(stop),
         }
-        token = protocol.read_resume_token(self._state_dir)
+        token = protocol.read_resume_token(self._state_dir, self._warn)
         if token is not None and len(token.encode()) <= MAX_RESUME_TOKEN_BYTES:
-            outcome["resumeToken"] = token
+            outcome[RESUME_TOKEN_FIELD] = token
         elif token is not None:
             outcome["message"] += f"; the resume token ({len(token.encode())} bytes) is too long to report"
         return outcome
 
+    def _resume_token(self) -> str | None:
+        token = protocol.read_resume_token(self._state_dir, self._warn)
+        if token is not None and len(token.encode()) > MAX_RESUME_TOKEN_BYTES:
+            self._warn(f"the resume token ({len(token.encode())} bytes) is too long to report")
+            return None
+        return token
+
     def _write_outcome(self, outcome: dict[str, Any]) -> bool:
         """Write the stop's outcome unless the session wrote its own; True when this one was written."""
-        if protocol.read_outcome(self._state_dir) is not None:
+        if protocol.read_outcome(self._state_dir, self._warn) is not None:
             return False
         text = json.dumps({k: v for k, v in outcome.items() if v is not None}) + "\n"
         path = self._state_dir / protocol.OUTCOME_FILE
         try:
             # Never over a session's outcome, even one written a moment ago; a junk file is replaced.
             written = protocol.write_atomic(path, text, replace=False)
-            if not written and protocol.read_outcome(self._state_dir) is None:
+            if not written and protocol.read_outcome(self._state_dir, self._warn) is None:
                 written = protocol.write_atomic(path, text)
         except OSError as error:
             self._log("error", error=f"cannot write the outcome: {error}")
@@ -339,6 +402,20 @@ class Supervisor:
         return 0
 
 
+def session_probe(config: SupervisorConfig, warn: Callable[[str], object]) -> SessionProbe:
+    """The probe of `config`'s session; a young marker-less process is re-read for at least a poll."""
+    return SessionProbe(
+        config.dispatch,
+        config.attempt,
+        api_endpoints=config.api_endpoints,
+        output_paths=config.output_paths,
+        state_dir=config.state_dir,
+        pid_namespace=config.pid_namespace,
+        young_seconds=max(YOUNG_SECONDS, 2 * config.poll_seconds),
+        log=warn,
+    )
+
+
 def supervise(config: SupervisorConfig) -> int:
     """The `fleetdispatch supervise` command: supervise until the session is gone; the exit code."""
     log = JsonLog(sys.stdout)
@@ -354,13 +431,7 @@ def supervise(config: SupervisorConfig) -> int:
         interval=config.heartbeat_seconds,
         log=log,
     )
-    probe = SessionProbe(
-        config.dispatch,
-        config.attempt,
-        api_endpoints=config.api_endpoints,
-        output_paths=config.output_paths,
-        state_dir=config.state_dir,
-    )
+    probe = session_probe(config, lambda message: log("warning", message=message))
     probe.start_resolving()
     supervisor = Supervisor(config, probe=probe, heartbeat=heartbeat, log=log)
 
