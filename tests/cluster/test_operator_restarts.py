@@ -176,6 +176,30 @@ def test_a_pod_created_just_before_a_crash_is_adopted(operator: OperatorProcess,
     assert _pod_names(ns) == ["adopt-1", "adopt-2"]
 
 
+def test_a_kill_between_the_status_and_the_create_creates_exactly_the_named_pod(
+    operator: OperatorProcess, ns: Namespace
+) -> None:
+    _fail_while_down(operator, ns, "named")
+    # What the operator stores before it creates attempt 2's pod (the status first), and then it died.
+    recorded = {
+        "attempt": 1,
+        "podName": "named-1",
+        "outcome": "Failed",
+        "exitCode": 3,
+        "failureClass": "Logic",
+    }
+    status = {"phase": "Pending", "attempt": 2, "podName": "named-2", "failures": 1, "attempts": [recorded]}
+    status |= {"deadline": None, "deadlineCap": None, "requeueAt": None}  # the new attempt has none yet
+    ns.kube.patch(f"{ns.path}/named/status", {"status": status})
+    operator.start()
+    eventually(lambda: "named-2" in _pod_names(ns), 10, "attempt 2's pod, as the stored status names it")
+    time.sleep(1.5)  # a second decision on the same status must create nothing more
+    assert _pod_names(ns) == ["named-1", "named-2"]
+    stored = ns.status("named")
+    assert (stored["attempt"], stored["failures"]) == (2, 1)
+    assert [a["attempt"] for a in stored["attempts"]] == [1]
+
+
 def test_requeued_and_suspended_survive_a_restart(operator: OperatorProcess, ns: Namespace) -> None:
     ns.create("quota", dispatch_spec())
     eventually(lambda: _pod_names(ns) == ["quota-1"])

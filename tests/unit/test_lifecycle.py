@@ -1232,6 +1232,8 @@ class Cluster(RuleBasedStateMachine):
         assert st_.failures <= r.max_attempts
         assert st_.resumes <= r.max_resumes
         assert st_.requeues <= r.max_requeues
+        # The one past the limit is counted, and it is the terminal one.
+        assert st_.infrastructure_failures <= r.max_infrastructure_failures + (st_.phase == "Failed")
         assert len(st_.attempts) <= self.limits.history_limit
         numbers = [a.attempt for a in st_.attempts]
         assert numbers == sorted(set(numbers))

@@ -199,6 +199,7 @@ class Timeouts(_Spec):
     max_extension_seconds: Annotated[int, Field(ge=0, le=604800)] = 7200
     idle_output_seconds: Annotated[int, Field(ge=0, le=604800)] = 1800
     kill_grace_seconds: Annotated[int, Field(ge=0, le=3600)] = 30
+    start_seconds: Annotated[int, Field(ge=1, le=604800)] = 600
 
 
 class Activity(_Spec):
@@ -239,6 +240,7 @@ class Retry(_Spec):
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
     max_resumes: Annotated[int, Field(ge=0, le=100)] = 3
     max_requeues: Annotated[int, Field(ge=0, le=1000)] = 10
+    max_infrastructure_failures: Annotated[int, Field(ge=0, le=1000)] = 10
     backoff: Backoff = Backoff()
 
 
@@ -329,6 +331,7 @@ class FleetDispatchStatus(_Status):
     failures: int = 0
     resumes: int = 0
     requeues: int = 0
+    infrastructure_failures: int = 0
     pod_name: str | None = None
     start_time: datetime | None = None
     completion_time: datetime | None = None

@@ -3,8 +3,14 @@
 - **Level-triggered.** Watch events (`saw_dispatch`, `saw_pod`, `saw_pool`) only record what the cluster
   holds and put the dispatch's key on the work queue; the workers reconcile each key from the latest state.
 - **One step** (`reconcile`): the cached dispatch, its pods and its pool's gate go into
-  `lifecycle.reconcile`; its decision is carried out in order: create the attempt's pod, delete pods, write
-  the status, record metrics and Events, update the pool, set the wake-up.
+  `lifecycle.reconcile`; its decision is carried out in order: write the status, delete pods, create the
+  attempt's pod, record metrics and Events, update the pool, set the wake-up.
+- **The status before the pod.** A new attempt's pod is created only after the status naming it (with the
+  previous attempt's end, counters and record) is stored, by a write that carries the resourceVersion the
+  decision was made on, so a decision on a stale status creates nothing (409: read again, decide again).
+  A kill or a lost response in between leaves a stored status whose attempt's pod is missing: the next
+  reconcile creates exactly that pod (its name is deterministic; AlreadyExists means it exists: adopt it).
+  So no attempt goes unrecorded, none runs after a terminal phase, and the limits hold whatever is lost.
 - **Read your own writes.** A pod just created, or a status just written, is used at once (the response
   replaces the cached object). Status writes carry the `resourceVersion` they were computed from, so a
   decision made on a stale view is refused (409): the object is read again and the decision made anew.
@@ -12,6 +18,10 @@
   the backstop), so a restart recomputes them.
 - **Failures** (the API server is down, a 5xx) raise out of the step: the workers retry the key with its
   backoff and count it. A spec that cannot be acted upon is no failure: the lifecycle reports it `Stalled`.
+- **A refused pod** (403: a ResourceQuota, Pod Security, a webhook) is decided again with the refusal (the
+  status says `FailedCreate`, an Event the API server's message), then raises `CreateRefused`, so the create
+  is retried with the key's growing backoff until it is admitted. A pod refused as invalid (400, 422: the
+  template is immutable, so it would be refused for ever) fails the dispatch (`InvalidSpec`).
 
 Deliberately not here: any judgement (that is `core`), queueing and retries (`workqueue`), pool
 bookkeeping (`pools`), what is cached (`cache`), kopf (`handlers`).
@@ -19,6 +29,7 @@ bookkeeping (`pools`), what is cached (`cache`), kopf (`handlers`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 from collections.abc import Callable, Iterable, Mapping
@@ -41,6 +52,12 @@ logger = logging.getLogger("fleetdispatch.controller")
 
 COMPONENT = "fleet-dispatch"  # the Events' source, and the operator's user agent
 WAKE_MARGIN_SECONDS = 0.05  # wake just after `wake_at`, so that the lifecycle finds it passed
+CREATE_REFUSED_MAX = 1024  # the status message and the Event hold this much of the API server's message
+
+
+class CreateRefused(Exception):
+    """The API server refused an attempt's pod with a cause that may go away (403: a ResourceQuota, Pod
+    Security, an admission webhook)."""
 
 
 def status_patch(stored: Mapping[str, Any], wanted: FleetDispatchStatus) -> dict[str, Any]:
@@ -208,16 +225,37 @@ class Reconciler:
         )
         pods = self.pods.of(key, cached.uid)
         decision = lifecycle.reconcile(dispatch, pods, now, self.limits)
-        if decision.create is not None:
-            refused = await self._create_pod(dispatch, cached.parsed.template, decision.create, now)
-            if refused is not None:
-                dispatch = lifecycle.Dispatch(**{**dispatch.__dict__, "spec": None, "invalid": refused})
-                decision = lifecycle.reconcile(dispatch, pods, now, self.limits)
+        # The status first, then the pods: an attempt's pod is created only once the status that names it
+        # (and records the previous attempt's end) is stored, and only from a decision made on the stored
+        # status: the write carries the resourceVersion decided on, even when it changes nothing.
+        patch = status_patch(cached.status, decision.status)
+        if (patch or decision.create is not None) and not await self._write_status(
+            key, cached.resource_version, patch
+        ):
+            return
         for name in decision.delete:
             await self._delete_pod(key[0], name)
-        patch = status_patch(cached.status, decision.status)
-        if patch and not await self._write_status(key, cached.resource_version, patch):
-            return
+        refusal: CreateRefused | None = None
+        if decision.create is not None:
+            again: lifecycle.Decision | None = decision
+            try:
+                invalid = await self._create_pod(dispatch, cached.parsed.template, decision.create, now)
+            except CreateRefused as error:
+                # Decided again knowing it: the status and an Event say why; the key backs off (raised below).
+                refusal = error
+                again = await self._decide_again(
+                    key, dispatch, decision, pods, now, create_refused=str(error)
+                )
+            else:
+                if invalid is not None:
+                    again = await self._decide_again(
+                        key, dispatch, decision, pods, now, spec=None, invalid=invalid
+                    )
+            if again is None:
+                if refusal is not None:
+                    raise refusal
+                return
+            decision = again
         await self._record(dispatch, decision, status)
         if pool_key is not None:
             if decision.pool_exhausted_until is not None:
@@ -229,6 +267,41 @@ class Reconciler:
             self.queue.add_after(key, delay)
         else:
             self.queue.cancel_wake(key)
+        if refusal is not None:
+            raise refusal  # the workers retry the create with the key's backoff, growing while it is refused
+
+    async def _decide_again(
+        self,
+        key: Key,
+        dispatch: lifecycle.Dispatch,
+        decision: lifecycle.Decision,
+        pods: list[PodView],
+        now: datetime,
+        **changes: Any,
+    ) -> lifecycle.Decision | None:
+        """The attempt's pod was refused: decide again, knowing it (`changes` to the dispatch), from the
+        status just stored (which names that attempt); None when that write is void."""
+        stored = self.cache.get(key)
+        if stored is None:
+            return None
+        status = FleetDispatchStatus.model_validate(stored.status)
+        again = lifecycle.reconcile(
+            dataclasses.replace(dispatch, status=status, **changes), pods, now, self.limits
+        )
+        patch = status_patch(stored.status, again.status)
+        if patch and not await self._write_status(key, stored.resource_version, patch):
+            return None
+        for name in again.delete:
+            await self._delete_pod(key[0], name)
+        # The first decision's attempt ends are stored and told; its `Created` Event would be untrue.
+        events = tuple(e for e in decision.events if e.reason != "Created") + again.events
+        return dataclasses.replace(
+            again,
+            create=None,
+            events=events,
+            outcomes=decision.outcomes + again.outcomes,
+            pool_exhausted_until=decision.pool_exhausted_until or again.pool_exhausted_until,
+        )
 
     async def _write_status(self, key: Key, resource_version: str | None, patch: dict[str, Any]) -> bool:
         """Write the status patch, computed from `resource_version`; False when the decision is void: the
@@ -274,6 +347,10 @@ class Reconciler:
                     raise RuntimeError(
                         f"pod {name} still belongs to a deleted dispatch of the same name"
                     ) from None
+            elif error.status == 403:
+                # A ResourceQuota, Pod Security, a webhook: the cause may go away, so the create is retried.
+                message = f"the API server refused the pod for attempt {request.attempt}: {error.message}"
+                raise CreateRefused(message[:CREATE_REFUSED_MAX]) from None
             elif error.status in (400, 422):
                 return f"the API server refused the pod for attempt {request.attempt}: {error.message}"
             else:

@@ -9,14 +9,16 @@ derived from the pod), its failure class and the action the lifecycle takes:
 | exit 0 / `Completed`                                      | (none)         | Succeed  |
 | `QuotaExhausted` (outcome file, or exit 75)               | Quota          | Requeue  |
 | `DeadlineExceeded`, `IdleTimeout`                         | Timeout        | Resume   |
-| `Evicted`, a disruption, `PodDeleted`, `SupervisorLost`   | Infrastructure | Ignore   |
+| `Evicted`, a disruption, `PodDeleted`, `SupervisorLost`,  | Infrastructure | Ignore   |
+| `StartTimeout`                                            |                |          |
 | any other failure (non-zero exit, `Failed`, `OOMKilled`)  | Logic          | Retry    |
 
 `Ignore` is the Job controller's word: retry without spending `maxAttempts`. `spec.failurePolicy.rules` are
 tried first, in order, on every attempt that did not succeed; the first match decides the action, and the
 class follows the action (Retry: Logic, Resume: Timeout, Requeue: Quota, Ignore: Infrastructure; Fail keeps
 the default class). `onExitCodes` matches the session container's exit code, never 0; `onOutcome` matches
-the reason, including the operator's own (`Evicted`, `PodDeleted`, `SupervisorLost`, `OOMKilled`).
+the reason, including the operator's own (`Evicted`, `PodDeleted`, `SupervisorLost`, `StartTimeout`,
+`OOMKilled`).
 
 Where the outcome comes from: the session container's termination message is the `outcome.json` a session or
 the supervisor wrote (its `terminationMessagePath`); the supervisor's own termination message is read when
@@ -53,6 +55,7 @@ Action = Literal["Succeed", "Fail", "Retry", "Resume", "Requeue", "Ignore"]
 QUOTA_EXIT_CODE = protocol.QUOTA_EXIT_CODE
 POD_DELETED = "PodDeleted"
 SUPERVISOR_LOST = "SupervisorLost"
+START_TIMEOUT = "StartTimeout"
 EVICTED = "Evicted"
 OOM_KILLED = "OOMKilled"
 # Whatever the kubelet reports about a container it could not start or lost track of.
@@ -65,6 +68,7 @@ _DEFAULTS: dict[str, tuple[FailureClass, Action]] = {
     EVICTED: ("Infrastructure", "Ignore"),
     POD_DELETED: ("Infrastructure", "Ignore"),
     SUPERVISOR_LOST: ("Infrastructure", "Ignore"),
+    START_TIMEOUT: ("Infrastructure", "Ignore"),
 }
 _CLASS_OF_ACTION: dict[str, FailureClass] = {
     "Retry": "Logic",

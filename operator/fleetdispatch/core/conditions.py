@@ -17,7 +17,9 @@ RECONCILING = "Reconciling"
 STALLED = "Stalled"
 REQUEUED = "Requeued"
 SUSPENDED = "Suspended"
-ORDER = (READY, RECONCILING, STALLED, REQUEUED, SUSPENDED)
+# Set once the API server refused an attempt's pod (True while it does), like a ReplicaSet's ReplicaFailure.
+POD_CREATE_FAILED = "PodCreateFailed"
+ORDER = (READY, RECONCILING, STALLED, REQUEUED, SUSPENDED, POD_CREATE_FAILED)
 
 
 def find(conditions: list[Condition], type_: str) -> Condition | None:

@@ -15,9 +15,11 @@ Rules that make it safe to run again at any moment (after an operator restart, o
 - At most one live pod per dispatch: a new attempt's pod is created only when no pod of the dispatch is
   live (a pod being deleted still runs processes), and a live pod that is not the current attempt's is
   deleted. Pod names are `<dispatch>-<attempt>`, so a create repeated after a crash finds the same pod.
-- A pod of a later attempt than the status knows (the operator died between creating it and writing the
-  status) is adopted as the current attempt instead of started again; if the current attempt's pod is
-  over, its end is decided first, so its counters and its history record are not lost.
+- The status that names a new attempt is stored before its pod is created (the reconciler writes it first,
+  with the resourceVersion this decision was made on), so the stored status always records every attempt
+  that has a pod. A pod of a later attempt than the status knows (created by an operator version that
+  created first) is still adopted as the current attempt; if the current attempt's pod is over, its end is
+  decided first, so its counters and its history record are not lost.
 - The pod cache may lag behind the status the operator wrote: a current attempt's pod that is missing
   while the attempt is `Pending` and its session was never seen running is asked for again (same name, so the
   API server answers AlreadyExists when it exists), never taken for deleted. Once its session was seen
@@ -25,11 +27,22 @@ Rules that make it safe to run again at any moment (after an operator restart, o
 - The status says when to continue: `requeueAt` is when the next attempt may start (a quota reset plus
   jitter, or the end of a backoff), so a restarted operator computes the same wake-up.
 - Counters never pass their limits: a failure that would is the terminal one instead.
+- Every status it decides is admissible (`bound`): what it repeats from a pod (a kubelet's reason or
+  message, of any length) is cut to the CRD's bounds, a reason that is no condition reason is not made one,
+  and time arithmetic on a pod's dates (year 9999) stops at `LAST_TIME` instead of raising.
 
 An attempt ends when `classify.judge` says so, when its pod is gone (`PodDeleted`), or when the backstop
 deletes it: a pod still running `killGraceSeconds + backstop margin` past its supervisor's cap
 (`start + deadlineSeconds + maxExtensionSeconds`) means the supervisor did not stop the session, whatever
 the pod reports (`SupervisorLost`).
+A pod whose session has not started `timeouts.startSeconds` after the pod's creation (unschedulable, an
+image that cannot be pulled, a supervisor that never starts) is deleted too (`StartTimeout`, with the pod's
+waiting reason). Infrastructure failures (the `Ignore` action) are counted in `infrastructureFailures`;
+one past `retry.maxInfrastructureFailures` fails the dispatch (`InfrastructureLimitExceeded`).
+
+A pod the API server refused (`Dispatch.create_refused`, from the shell) is not created: the attempt waits
+`Pending` with reason `FailedCreate`, the API server's message, a `FailedCreate` Event and the
+`PodCreateFailed` condition; the next decision asks for the same attempt's pod again (the shell backs off).
 
 Suspending deletes the running attempt's pod (its session gets TERM and the pod's grace period) without
 counting it as a failure, and the next attempt resumes it (`FLEET_RESUME=1` with the last resume token).
@@ -55,9 +68,10 @@ Deliberately not here: reading outcomes (`classify`), backoff arithmetic (`backo
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from fleetdispatch.api.models import AttemptRecord, FleetDispatchSpec, FleetDispatchStatus, Phase
@@ -77,6 +91,8 @@ INVALID_SPEC = "InvalidSpec"
 BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
 RESUME_LIMIT_EXCEEDED = "ResumeLimitExceeded"
 REQUEUE_LIMIT_EXCEEDED = "RequeueLimitExceeded"
+INFRASTRUCTURE_LIMIT_EXCEEDED = "InfrastructureLimitExceeded"
+FAILED_CREATE = "FailedCreate"
 SUSPENDED = "Suspended"
 QUOTA_EXHAUSTED = "QuotaExhausted"
 QUOTA_POOL_EXHAUSTED = "QuotaPoolExhausted"
@@ -84,6 +100,14 @@ QUOTA_POOL_FULL = "QuotaPoolFull"
 # Waiting reasons every pod goes through; only the others (ImagePullBackOff, ...) are worth a status write.
 ROUTINE_WAITING = ("ContainerCreating", "PodInitializing")
 RESUMING_CLASSES = frozenset({"Quota", "Timeout", "Infrastructure"})
+LAST_TIME = datetime.max.replace(microsecond=0, tzinfo=UTC)
+# The CRD's bounds on what the status repeats from a pod (a kubelet's reason or message can be any length).
+MAX_REASON = 128
+MAX_MESSAGE = 32768
+MAX_RECORD_MESSAGE = 1024
+# metav1.Condition's reason pattern and length: a status reason that does not fit is not a condition's.
+CONDITION_REASON = re.compile(r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+MAX_CONDITION_REASON = 1024
 
 
 @dataclass(frozen=True)
@@ -99,6 +123,9 @@ class Dispatch:
     invalid: str | None = None
     # Set when the spec names a QuotaPool: whether the pool lets this dispatch start an attempt now.
     gate: Gate | None = None
+    # The API server's message when it has just refused the pod this decision asks for (a ResourceQuota,
+    # Pod Security, a webhook): decided again with it, the attempt waits `FailedCreate` instead.
+    create_refused: str | None = None
 
 
 @dataclass(frozen=True)
@@ -127,11 +154,20 @@ class Decision:
     pool_exhausted_until: datetime | None = None
 
 
+def later(moment: datetime, seconds: float) -> datetime:
+    """`seconds` after `moment`, or the last representable second when that is past year 9999: a kubelet
+    (or a clock) may report any date, and a time arithmetic error would fail every reconcile."""
+    try:
+        return moment + timedelta(seconds=seconds)
+    except OverflowError:
+        return LAST_TIME
+
+
 def backstop_at(spec: FleetDispatchSpec, started: datetime, margin_seconds: int) -> datetime:
     """When a pod whose supervision started at `started` must have stopped, or be deleted."""
     t = spec.timeouts
     seconds = t.deadline_seconds + t.max_extension_seconds + t.kill_grace_seconds + margin_seconds
-    return started + timedelta(seconds=seconds)
+    return later(started, seconds)
 
 
 @dataclass
@@ -250,6 +286,10 @@ class _Reconcile:
             # Created but not in the cache yet, or deleted before it started: ask for it again.
             if not self.spec.suspend and not any(p.live for p in self.pods):
                 self.create = self.request(s.attempt)
+                if s.reason == FAILED_CREATE and self.dispatch.create_refused is None:
+                    s.reason, s.message = "Created", f"created pod {s.pod_name} for attempt {s.attempt}"
+                    self.event("Normal", "Created", s.message)
+                self.refuse_create()
             return
         if pod is None:
             message = f"pod {s.pod_name} disappeared before its session finished (deleted by someone?)"
@@ -276,6 +316,13 @@ class _Reconcile:
                 self.end_attempt(classify.apply_policy(policy, lost), pod)
                 return
             self.wakes.append(limit)
+        if pod.session_started_at is None and pod.created_at is not None:
+            start_limit = later(pod.created_at, t.start_seconds)
+            if self.now >= start_limit:
+                self.delete_pod(pod)
+                self.end_attempt(classify.apply_policy(policy, self.start_timeout(pod)), pod)
+                return
+            self.wakes.append(start_limit)
         if pod.session_started_at is not None and s.phase == "Pending":
             # One status write for the whole transition: the phase, and the budget it runs on.
             s.phase, s.reason, s.message = "Running", "Running", f"session running in pod {pod.name}"
@@ -283,13 +330,33 @@ class _Reconcile:
             if s.start_time is None:
                 s.start_time = supervised
             if s.deadline is None:
-                s.deadline = supervised + timedelta(seconds=t.deadline_seconds)
-                s.deadline_cap = s.deadline + timedelta(seconds=t.max_extension_seconds)
+                s.deadline = later(supervised, t.deadline_seconds)
+                s.deadline_cap = later(s.deadline, t.max_extension_seconds)
         elif s.phase == "Pending" and pod.waiting_reason not in (None, *ROUTINE_WAITING):
             s.reason = pod.waiting_reason
             s.message = f"pod {pod.name}: {pod.waiting_reason}" + (
                 f": {pod.waiting_message}" if pod.waiting_message else ""
             )
+
+    def start_timeout(self, pod: PodView) -> Outcome:
+        """The attempt whose session did not start within `timeouts.startSeconds`, and why it waits."""
+        why = pod.waiting_reason or pod.unschedulable or f"pod phase {pod.phase}"
+        detail = pod.waiting_message if pod.waiting_reason else pod.unschedulable_message
+        message = (
+            f"the session in pod {pod.name} did not start within {self.spec.timeouts.start_seconds} s "
+            f"(timeouts.startSeconds): {why}" + (f": {detail}" if detail else "")
+        )
+        return classify.lost(classify.START_TIMEOUT, message[: classify.MAX_MESSAGE])
+
+    def refuse_create(self) -> None:
+        """The API server refused the pod just asked for: no create; the attempt waits, and says why."""
+        refused = self.dispatch.create_refused
+        if refused is None or self.create is None:
+            return
+        self.create = None
+        s = self.status
+        s.reason, s.message = FAILED_CREATE, refused
+        self.event("Warning", FAILED_CREATE, refused)
 
     def end_attempt(self, outcome: Outcome, pod: PodView | None) -> None:
         s, retry = self.status, self.spec.retry
@@ -330,6 +397,15 @@ class _Reconcile:
                 else:
                     self.back_off(s.failures, what)
             case "Ignore":
+                s.infrastructure_failures += 1
+                if s.infrastructure_failures > retry.max_infrastructure_failures:
+                    self.finish(
+                        "Failed",
+                        INFRASTRUCTURE_LIMIT_EXCEEDED,
+                        f"{s.infrastructure_failures} infrastructure failures "
+                        f"(retry.maxInfrastructureFailures: {retry.max_infrastructure_failures}); {what}",
+                    )
+                    return
                 streak = 0
                 for past in reversed(s.attempts):
                     if past.failure_class != "Infrastructure":
@@ -443,6 +519,14 @@ class _Reconcile:
                 f"{s.failures} attempts failed (spec.retry.maxAttempts is {retry.max_attempts})",
             )
             return
+        if s.infrastructure_failures > retry.max_infrastructure_failures:  # lowered while waiting, too
+            self.finish(
+                "Failed",
+                INFRASTRUCTURE_LIMIT_EXCEEDED,
+                f"{s.infrastructure_failures} infrastructure failures "
+                f"(spec.retry.maxInfrastructureFailures is {retry.max_infrastructure_failures})",
+            )
+            return
         gate = self.dispatch.gate
         if gate is not None and not self.pool_allows(gate):
             return
@@ -458,16 +542,16 @@ class _Reconcile:
         s.message = f"created pod {s.pod_name} for attempt {attempt}" + (" (resuming)" if resume else "")
         if gate is not None and gate.missing:
             s.message += f" (its QuotaPool {gate.pool!r} does not exist: the attempt is not held back)"
-        self.event("Normal", "Created", s.message)
+        if self.dispatch.create_refused is None:
+            self.event("Normal", "Created", s.message)
+        self.refuse_create()
 
     def pool_allows(self, gate: Gate) -> bool:
         """Whether the dispatch's QuotaPool lets it start now; if not, wait as the pool says."""
         s = self.status
         if gate.exhausted_until is not None:
             seed = f"{self.dispatch.uid}/{s.attempt}/pool"
-            until = gate.exhausted_until + timedelta(
-                seconds=backoff.requeue_jitter(self.spec.retry.backoff, seed)
-            )
+            until = later(gate.exhausted_until, backoff.requeue_jitter(self.spec.retry.backoff, seed))
             if (s.phase, s.reason, s.requeue_at) != ("Requeued", QUOTA_POOL_EXHAUSTED, until):
                 message = (
                     f"quota pool {gate.pool!r} is exhausted until {gate.exhausted_until.isoformat()}; "
@@ -500,8 +584,16 @@ class _Reconcile:
         table: list[tuple[str, bool, str]] = [
             (conditions.READY, phase == "Succeeded", "Succeeded" if phase == "Succeeded" else phase),
             (conditions.RECONCILING, phase in IN_FLIGHT | WAITING, phase),
-            (conditions.STALLED, phase == "Failed", reason if phase == "Failed" else phase),
-            (conditions.REQUEUED, phase == "Requeued", reason if phase == "Requeued" else phase),
+            (
+                conditions.STALLED,
+                phase == "Failed",
+                condition_reason(reason, phase) if phase == "Failed" else phase,
+            ),
+            (
+                conditions.REQUEUED,
+                phase == "Requeued",
+                condition_reason(reason, phase) if phase == "Requeued" else phase,
+            ),
             (conditions.SUSPENDED, phase == "Suspended", phase),
         ]
         result = list(s.conditions)
@@ -516,7 +608,41 @@ class _Reconcile:
                 generation=generation,
                 now=now,
             )
+        refused = conditions.find(result, conditions.POD_CREATE_FAILED)
+        if s.reason == FAILED_CREATE or refused is not None:
+            # Only once a create was refused: while it is, and that it no longer is.
+            failing = s.reason == FAILED_CREATE
+            result = conditions.set_condition(
+                result,
+                conditions.POD_CREATE_FAILED,
+                status="True" if failing else "False",
+                reason=FAILED_CREATE if failing else "Created",
+                message=message if failing else "",
+                generation=generation,
+                now=now,
+            )
         s.conditions = result
+
+
+def bound(status: FleetDispatchStatus) -> None:
+    """Cut what the status repeats from pods and sessions to the CRD's bounds, so every write is admitted
+    (a refused status write would leave the dispatch where it was, forever)."""
+    if status.reason is not None:
+        status.reason = status.reason[:MAX_REASON]
+    if status.message is not None:
+        status.message = status.message[:MAX_MESSAGE]
+    for record in status.attempts:
+        if record.outcome is not None:
+            record.outcome = record.outcome[:MAX_REASON]
+        if record.message is not None:
+            record.message = record.message[:MAX_RECORD_MESSAGE]
+
+
+def condition_reason(reason: str, phase: Phase) -> str:
+    """`reason` as a condition's reason when it is one (CamelCase, as the operator's own are), else the
+    phase: a kubelet's or a disruption's reason may be any text."""
+    fits = len(reason) <= MAX_CONDITION_REASON and CONDITION_REASON.match(reason)
+    return reason if fits else phase
 
 
 def reconcile(
@@ -527,6 +653,7 @@ def reconcile(
         dispatch, pods, now.replace(microsecond=0), limits, dispatch.status.model_copy(deep=True)
     )
     run.run()
+    bound(run.status)
     run.set_conditions()
     return Decision(
         status=run.status,

@@ -57,6 +57,10 @@ class PodView:
     # The uid of the dispatch that owns the pod (its controller owner reference): a dispatch deleted and
     # created again under the same name must not take its predecessor's pods for its own.
     owner_uid: str | None = None
+    # When the pod was created (the start timeout runs from it), and why it is not scheduled yet, if so.
+    created_at: datetime | None = None
+    unschedulable: str | None = None
+    unschedulable_message: str | None = None
 
     @property
     def live(self) -> bool:
@@ -136,6 +140,11 @@ def observe(pod: Mapping[str, Any]) -> PodView:
         if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
             disruption = disruption or condition.get("reason") or "DisruptionTarget"
             disruption_message = disruption_message or condition.get("message")
+    unschedulable = unschedulable_message = None
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            unschedulable = condition.get("reason") or "Unschedulable"
+            unschedulable_message = condition.get("message") or None
     supervisor_end = _termination(supervisor)
     return PodView(
         name=str(metadata.get("name")),
@@ -153,6 +162,9 @@ def observe(pod: Mapping[str, Any]) -> PodView:
         disruption=disruption,
         disruption_message=disruption_message,
         owner_uid=_controller_uid(metadata.get("ownerReferences") or []),
+        created_at=parse_time(metadata.get("creationTimestamp")),
+        unschedulable=unschedulable,
+        unschedulable_message=unschedulable_message,
     )
 
 
