@@ -54,6 +54,12 @@ def outcome(reason: str, **fields: Any) -> str:
     return json.dumps({"reason": reason, **fields}) + "\n"
 
 
+def supervisor_report(resume_token: str | None = None, **fields: Any) -> str:
+    """The supervisor's termination message: its final figures and, on TERM, the last resume token."""
+    report = {**fields, **({"resumeToken": resume_token} if resume_token is not None else {})}
+    return json.dumps(report)
+
+
 def make_pod(
     name: str = "job-1",
     attempt: int | str | None = 1,

@@ -14,7 +14,7 @@ from fleetdispatch.api.models import FailurePolicy
 from fleetdispatch.core import classify
 from fleetdispatch.core.classify import Outcome, apply_policy, judge, lost, read_outcome
 from fleetdispatch.core.podstatus import observe
-from pods import T0, make_pod, outcome, running, terminated, waiting
+from pods import T0, make_pod, outcome, running, supervisor_report, terminated, waiting
 
 RESET = "2025-03-01T17:00:00Z"
 REPORT = {
@@ -563,3 +563,61 @@ def test_the_supervisors_final_figures_fill_in_what_the_outcome_does_not_say() -
     result = ended(143, stopped, supervisor_message=json.dumps(REPORT))
     assert result is not None and result.reason == "DeadlineExceeded"
     assert result.report == {**REPORT, "deadline": "2025-03-01T14:00:00Z"}  # the outcome's own wins
+
+
+# --- the resume token the supervisor reports (on TERM: suspend, pod deletion) ------------------------------
+
+
+def test_an_outcome_without_a_token_takes_the_one_the_supervisor_reported() -> None:
+    stopped = outcome("DeadlineExceeded")
+    result = ended(143, stopped, supervisor_message=supervisor_report("tok-term", **REPORT))
+    assert result is not None
+    assert (result.reason, result.resume_token, result.report) == ("DeadlineExceeded", "tok-term", REPORT)
+
+
+def test_the_outcomes_own_token_wins_over_the_supervisors() -> None:
+    stopped = outcome("QuotaExhausted", resumeToken="tok-own")
+    result = ended(75, stopped, supervisor_message=supervisor_report("tok-term"))
+    assert result is not None and result.resume_token == "tok-own"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        None,
+        "not json",
+        supervisor_report(),
+        supervisor_report(""),
+        json.dumps({"resumeToken": 42}),
+        supervisor_report("x" * 2049),  # beyond MAX_RESUME_TOKEN_BYTES
+        json.dumps(["resumeToken", "tok"]),
+    ],
+)
+def test_a_report_without_a_readable_token_gives_none(message: str | None) -> None:
+    result = ended(1, supervisor_message=message)
+    assert result is not None and result.resume_token is None
+
+
+def test_a_deleted_pod_takes_the_token_its_supervisor_reported_on_term() -> None:
+    pod = make_pod(
+        phase="Failed",
+        supervisor=terminated(0, message=supervisor_report("tok-term")),
+        session=terminated(143),
+        deleting=T0,
+    )
+    result = judge(None, observe(pod))
+    assert result is not None
+    assert (result.reason, result.resume_token) == ("PodDeleted", "tok-term")
+
+
+def test_a_disrupted_pod_takes_the_token_its_supervisor_reported_on_term() -> None:
+    pod = make_pod(
+        phase="Failed",
+        started=T0,
+        evicted="The node was low on resource: memory.",
+        supervisor=terminated(0, message=supervisor_report("tok-term")),
+        session=terminated(137),
+    )
+    result = judge(None, observe(pod))
+    assert result is not None
+    assert (result.reason, result.resume_token) == ("Evicted", "tok-term")

@@ -22,7 +22,7 @@ from fleetdispatch.core import backoff
 from fleetdispatch.core.lifecycle import TERMINAL, Decision, Dispatch, Event, Limits, backstop_at, reconcile
 from fleetdispatch.core.podspec import AttemptRequest, pod_name
 from fleetdispatch.core.podstatus import observe
-from pods import T0, exited, make_pod, outcome, running, terminated, ts, waiting
+from pods import T0, exited, make_pod, outcome, running, supervisor_report, terminated, ts, waiting
 
 UID = "uid-1"
 NO_JITTER = {"baseSeconds": 10, "maxSeconds": 600, "jitterPercent": 0}
@@ -705,6 +705,80 @@ def test_suspending_a_running_attempt_deletes_its_pod_and_resumes_it_later() -> 
     flow.settled(T0 + s(4001), stopping)
     d = flow.step(T0 + s(4002))
     assert d.create == AttemptRequest(2, True, None)
+
+
+def stopped_by_term(n: int, at: datetime, token: str | None) -> dict[str, Any]:
+    """Attempt `n`'s pod after its deletion's TERM: both containers ended, the supervisor's report says
+    the last resume token; the kubelet removes the pod right after."""
+    return make_pod(
+        f"job-{n}",
+        n,
+        phase="Failed",
+        started=at,
+        supervisor=terminated(0, started=at, message=supervisor_report(token)),
+        session=terminated(143, started=at + s(2)),
+        deleting=at + s(20),
+    )
+
+
+def test_a_suspended_attempt_passes_the_token_its_supervisor_reported_on_term_to_the_next() -> None:
+    flow = started_flow(spec_of())
+    flow.step(T0 + s(10), active(1, T0))
+    flow.update(suspend=True)
+    d = flow.step(T0 + s(20), active(1, T0))
+    assert (d.delete, d.status.phase, d.status.resume_token) == (("job-1",), "Suspended", None)
+    # The supervisor's TERM report arrives after the suspension was recorded.
+    d = flow.step(T0 + s(25), stopped_by_term(1, T0, "tok-suspended"))
+    assert (d.status.phase, d.status.resume_token, d.create, d.delete) == (
+        "Suspended",
+        "tok-suspended",
+        None,
+        (),
+    )
+    assert d.status.attempts[-1].outcome == "Suspended"
+    flow.settled(T0 + s(26), stopped_by_term(1, T0, "tok-suspended"))
+    flow.settled(T0 + s(3600))  # the pod is gone: the token stays
+    flow.update(suspend=False)
+    d = flow.step(T0 + s(4000))
+    assert d.create == AttemptRequest(2, True, "tok-suspended")
+    assert d.status.resume_token == "tok-suspended"
+
+
+def test_a_token_reported_after_unsuspending_still_reaches_the_next_attempt() -> None:
+    flow = started_flow(spec_of())
+    flow.step(T0 + s(10), active(1, T0))
+    flow.status.resume_token = "tok-old"  # from an earlier stop of the same line of attempts
+    flow.update(suspend=True)
+    flow.step(T0 + s(20), active(1, T0))
+    flow.update(suspend=False)
+    stopping = active(1, T0, deleting=T0 + s(20))
+    d = flow.step(T0 + s(21), stopping)
+    assert (d.create, d.status.phase, d.status.resume_token) == (None, "Pending", "tok-old")
+    d = flow.step(T0 + s(22), stopped_by_term(1, T0, "tok-new"))
+    assert d.create == AttemptRequest(2, True, "tok-new")
+
+
+def test_a_suspended_pod_gone_before_its_report_was_seen_keeps_the_last_token() -> None:
+    flow = started_flow(spec_of())
+    flow.step(T0 + s(10), active(1, T0))
+    flow.status.resume_token = "tok-old"
+    flow.update(suspend=True)
+    flow.step(T0 + s(20), active(1, T0))
+    flow.update(suspend=False)
+    assert flow.step(T0 + s(30)).create == AttemptRequest(2, True, "tok-old")
+    # A report of the suspended attempt's pod seen after the next attempt started changes nothing.
+    d = flow.step(T0 + s(31), stopped_by_term(1, T0, "tok-late"), created(2))
+    assert d.status.resume_token == "tok-old"
+
+
+def test_a_report_without_a_token_keeps_the_last_one() -> None:
+    flow = started_flow(spec_of())
+    flow.step(T0 + s(10), active(1, T0))
+    flow.status.resume_token = "tok-old"
+    flow.update(suspend=True)
+    flow.step(T0 + s(20), active(1, T0))
+    d = flow.step(T0 + s(25), stopped_by_term(1, T0, None))
+    assert d.status.resume_token == "tok-old"
 
 
 def test_suspending_a_pending_attempt() -> None:

@@ -21,16 +21,18 @@ the reason, including the operator's own (`Evicted`, `PodDeleted`, `SupervisorLo
 `OOMKilled`).
 
 Where the outcome comes from: the session container's termination message is the `outcome.json` a session or
-the supervisor wrote (its `terminationMessagePath`); the supervisor's own termination message is read when
-the session's is missing. The supervisor's termination message also carries its final figures (the deadline
-as extended, the last activity and output), which fill in what the outcome does not say: a session that
-completes on its own writes no deadline, but its status should show how far it was extended. So an attempt
-whose session has ended is judged once its supervisor has ended too (the kubelet stops a native sidecar as
-soon as the session exits). A message that is not an outcome (the log tail `FallbackToLogsOnError` gives, or
-JSON whose `reason` is not a CamelCase reason of at most 64 characters, which the status and its conditions
-could not hold) is kept as the outcome's message. A `resetAt` is read whatever the reason, so a custom
-reason a rule requeues waits for its reset too. A pod being deleted by someone else is `PodDeleted` at once,
-whatever its containers report afterwards: the TERM they get then says nothing about the session. A
+the supervisor wrote (its `terminationMessagePath`); the supervisor's own termination message is read when the
+session's is missing. The supervisor's termination message also carries its final figures (the deadline as
+extended, the last activity and output), which fill in what the outcome does not say: a session that completes
+on its own writes no deadline, but its status should show how far it was extended. It carries the last resume
+token the session wrote too, which every outcome without a token of its own takes, `PodDeleted` and
+disruptions included: that is how the token of an attempt whose supervisor was TERMed reaches the next. So an
+attempt whose session has ended is judged once its supervisor has ended too (the kubelet stops a native
+sidecar as soon as the session exits). A message that is not an outcome (the log tail `FallbackToLogsOnError`
+gives, or JSON whose `reason` is not a CamelCase reason of at most 64 characters, which the status and its
+conditions could not hold) is kept as the outcome's message. A `resetAt` is read whatever the reason, so a
+custom reason a rule requeues waits for its reset too. A pod being deleted by someone else is `PodDeleted` at
+once, whatever its containers report afterwards: the TERM they get then says nothing about the session. A
 disruption (a kubelet eviction, or a `DisruptionTarget` condition: preemption, the eviction API, the taint
 manager, which then delete the pod) is reported under its own reason, which says more than `PodDeleted`.
 
@@ -186,9 +188,10 @@ def judge(policy: FailurePolicy | None, pod: PodView) -> Outcome | None:
         outcome = Outcome(EVICTED, "Ignore", "Infrastructure", message=_text(message))
         if pod.disruption != EVICTED:
             outcome = _replace(outcome, reason=pod.disruption)
-        return apply_policy(policy, outcome)
+        return apply_policy(policy, _with_reported_token(outcome, pod))
     if pod.deleting and (pod.session is None or pod.session.exit_code != 0):
-        return apply_policy(policy, lost(POD_DELETED, f"pod {pod.name} was deleted while the session ran"))
+        deleted = lost(POD_DELETED, f"pod {pod.name} was deleted while the session ran")
+        return apply_policy(policy, _with_reported_token(deleted, pod))
     if pod.session is None:
         if pod.live:
             return None
@@ -202,7 +205,26 @@ def judge(policy: FailurePolicy | None, pod: PodView) -> Outcome | None:
     final = read_report(pod.supervisor_message)
     if final:  # the supervisor's last figures, under whatever the outcome itself reported
         outcome = _replace(outcome, report={**final, **outcome.report})
-    return apply_policy(policy, outcome)
+    return apply_policy(policy, _with_reported_token(outcome, pod))
+
+
+def _with_reported_token(outcome: Outcome, pod: PodView) -> Outcome:
+    """The outcome, with the supervisor's last resume token when the outcome itself names none: a
+    supervisor TERMed (suspend, pod deletion) reports the token the session wrote last."""
+    if outcome.resume_token is not None:
+        return outcome
+    token = read_resume_token(pod.supervisor_message)
+    return outcome if token is None else _replace(outcome, resume_token=token)
+
+
+def read_resume_token(message: str | None) -> str | None:
+    """The resume token in the supervisor's termination message (`resumeToken`), if it has one."""
+    if not message:
+        return None
+    try:
+        return protocol.read_report_resume_token(json.loads(message))
+    except ValueError:
+        return None
 
 
 def read_report(message: str | None) -> dict[str, str]:

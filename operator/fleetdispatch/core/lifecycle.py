@@ -46,6 +46,9 @@ A pod the API server refused (`Dispatch.create_refused`, from the shell) is not 
 
 Suspending deletes the running attempt's pod (its session gets TERM and the pod's grace period) without
 counting it as a failure, and the next attempt resumes it (`FLEET_RESUME=1` with the last resume token).
+The attempt is recorded `Suspended` at once; the resume token its supervisor reports on TERM is taken from
+the pod's final status when a later decision sees it (until the next attempt starts). A pod removed before
+any decision saw its final status takes that token with it: the status keeps the one it had.
 Attempts after a quota requeue, a timeout or an infrastructure failure resume too; a retry after a logic
 failure starts afresh, and forgets the resume token, which belongs to the line of attempts it ends.
 
@@ -238,6 +241,7 @@ class _Reconcile:
             self.follow(current)
         if s.phase in TERMINAL:
             return
+        self.take_suspended_token()
         if self.spec.suspend:
             self.suspend(current)
             return
@@ -494,6 +498,18 @@ class _Reconcile:
         if s.phase != "Suspended":
             s.phase, s.reason, s.message = "Suspended", SUSPENDED, "spec.suspend is true"
             self.event("Normal", SUSPENDED, "spec.suspend is true: no attempt runs until it is false")
+
+    def take_suspended_token(self) -> None:
+        """The resume token the suspended attempt's supervisor reported on TERM, once its pod shows it:
+        the attempt was recorded `Suspended` when its pod was deleted, before that report existed."""
+        s = self.status
+        last = s.attempts[-1] if s.attempts else None
+        if last is None or last.outcome != SUSPENDED or last.attempt != s.attempt:
+            return  # no suspension, or a later attempt already started
+        pod = next((p for p in self.pods if p.name == last.pod_name), None)
+        token = classify.read_resume_token(pod.supervisor_message) if pod is not None else None
+        if token is not None:
+            s.resume_token = token
 
     def unsuspend(self) -> None:
         s = self.status
