@@ -213,6 +213,8 @@ def test_requeued_and_suspended_survive_a_restart(operator: OperatorProcess, ns:
     operator.start()
     assert ns.status("quota")["requeueAt"] == status["requeueAt"]
     eventually(lambda: ns.status("quota").get("podName") == "quota-2", 10, "attempt 2 after the reset")
+    # The status names attempt 2 before its pod is created (so no attempt is lost): wait for the pod too.
+    eventually(lambda: "quota-2" in _pod_names(ns), 10, "attempt 2's pod")
     env = {e["name"]: e.get("value") for e in ns.pod("quota-2")["spec"]["containers"][0]["env"]}
     assert env["FLEET_RESUME"] == "1" and env["FLEET_RESUME_TOKEN"] == "tok-1"
     assert ns.status("quota")["failures"] == 0
