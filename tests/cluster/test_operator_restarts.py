@@ -153,7 +153,7 @@ def test_a_failure_while_the_operator_is_down_is_not_lost(operator: OperatorProc
     status = ns.status("down")
     assert status["failures"] == 1
     assert [a["exitCode"] for a in status["attempts"]] == [3]
-    assert _pod_names(ns) == ["down-1", "down-2"]
+    eventually(lambda: _pod_names(ns) == ["down-1", "down-2"], 10, "attempt 2's pod, named first")
 
 
 def test_a_pod_created_just_before_a_crash_is_adopted(operator: OperatorProcess, ns: Namespace) -> None:
