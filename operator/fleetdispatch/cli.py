@@ -220,9 +220,16 @@ def _configure_logging(level: str, log_format: str, verbose: bool) -> Callable[[
     return lambda message: print(f"fleetdispatch operator: {message}", file=sys.stderr, flush=True)
 
 
-async def _log_in(found: Credentials) -> str | None:
+# A server that cannot be reached is asked again after these pauses (a restarting API server, a cut
+# connection) before the operator gives up; a rejection (401) is final at once.
+LOGIN_RETRY_SECONDS = (0.5, 1.0, 2.0)
+
+
+async def _log_in(found: Credentials, retry_seconds: Sequence[float] = LOGIN_RETRY_SECONDS) -> str | None:
     """Who the API server says `found` authenticate as; a `CredentialsError` when it rejects
     them or cannot be reached, so that kopf never starts with credentials that cannot work."""
+    import asyncio
+
     import aiohttp
 
     from fleetdispatch.client.credentials import CredentialsError
@@ -230,14 +237,21 @@ async def _log_in(found: Credentials) -> str | None:
 
     api = KubeApi(found, user_agent="fleet-dispatch")
     try:
-        return await api.whoami()
-    except ApiError as error:
-        raise CredentialsError(f"the API server at {found.server} rejects {found.source}: {error}") from None
-    except (aiohttp.ClientError, OSError, TimeoutError) as error:
-        reason = " ".join(str(error).split()) or type(error).__name__
-        raise CredentialsError(
-            f"cannot reach the API server at {found.server} of {found.source}: {reason}"
-        ) from None
+        pauses = list(retry_seconds)
+        while True:
+            try:
+                return await api.whoami()
+            except ApiError as error:
+                raise CredentialsError(
+                    f"the API server at {found.server} rejects {found.source}: {error}"
+                ) from None
+            except (aiohttp.ClientError, OSError, TimeoutError) as error:
+                if not pauses:
+                    reason = " ".join(str(error).split()) or type(error).__name__
+                    raise CredentialsError(
+                        f"cannot reach the API server at {found.server} of {found.source}: {reason}"
+                    ) from None
+            await asyncio.sleep(pauses.pop(0))
     finally:
         await api.close()
 

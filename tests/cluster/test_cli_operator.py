@@ -10,10 +10,14 @@ useless, so nothing but the flags can make a login work.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -166,3 +170,65 @@ def test_an_api_server_that_cannot_be_reached_is_one_line_and_exit_1(
         "fleetdispatch operator: cannot log in: cannot reach the API server at https://127.0.0.1:"
     )
     assert f"of kubeconfig {contexts}, context 'nobody-home' (user operator): Cannot connect to host" in line
+
+
+class LateForwarder:
+    """A TCP forwarder to the API server that starts listening only `after` seconds: an API server that
+    is still starting, or a connection cut while the operator logs in."""
+
+    def __init__(self, target: tuple[str, int], after: float) -> None:
+        self.port = free_port()
+        self.target = target
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, args=(after,), daemon=True)
+        self._thread.start()
+
+    def _serve(self, after: float) -> None:
+        if self._stop.wait(after):
+            return
+        with socket.create_server(("127.0.0.1", self.port)) as server:
+            server.settimeout(0.1)
+            while not self._stop.is_set():
+                try:
+                    client, _ = server.accept()
+                except TimeoutError:
+                    continue
+                upstream = socket.create_connection(self.target)
+                for source, sink in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def test_an_api_server_that_answers_a_moment_late_is_logged_in_to(
+    cluster: BackgroundCluster, contexts: Path, tmp_path: Path
+) -> None:
+    url = urllib.parse.urlsplit(cluster.url)
+    forwarder = LateForwarder((str(url.hostname), int(url.port or 443)), after=3.0)
+    try:
+        document: dict[str, Any] = yaml.safe_load(contexts.read_text())
+        [real] = [c for c in document["clusters"] if c["name"] != "unreachable"]
+        late = {**real["cluster"], "server": f"https://127.0.0.1:{forwarder.port}"}
+        document["clusters"].append({"name": "late", "cluster": late})
+        document["contexts"].append({"name": "late", "context": {"cluster": "late", "user": "operator"}})
+        kubeconfig = tmp_path / "late.kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump(document))
+        log = tmp_path / "operator.log"
+        flags = ["--kubeconfig", str(kubeconfig), "--context", "late", *operator_flags()]
+        # Returns once it watches: the first login attempts found nothing listening, a later one did.
+        process = start_operator(cluster.dev, log, *flags, kubeconfig=useless(contexts))
+        stop_operator(process)
+        assert "Traceback" not in log.read_text()
+    finally:
+        forwarder.close()
