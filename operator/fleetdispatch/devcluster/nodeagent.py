@@ -130,6 +130,7 @@ class _Container:
     namespace_fd: int | None = None
     watcher: asyncio.Task[None] | None = None
     done: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    killed: bool = False  # the node KILLed it (the grace ran out): its end is 137 whatever else is known
 
     @property
     def running(self) -> bool:
@@ -934,6 +935,7 @@ class _Pod:
 
     def _kill(self, containers: Iterable[_Container]) -> None:
         for container in containers:
+            container.killed = True
             container.kill_all(self.agent.host_namespace)
             if container.process is not None and container.process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -1002,6 +1004,10 @@ class _Pod:
             return
         if "code" in info:
             code, killed_by = int(info["code"]), info.get("signal")
+        elif container.killed:
+            # KILLed with its launcher, which could write nothing. Said from what the node did, not from
+            # the launcher's wait status: asyncio has been seen to report an unknown 255 for it.
+            code, killed_by = 128 + signal.SIGKILL, signal.SIGKILL
         else:
             code = 128 - returncode if returncode < 0 else returncode
             killed_by = -returncode if returncode < 0 else None
