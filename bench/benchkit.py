@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import psutil
 
 from fleetdispatch.api.names import API_VERSION
@@ -184,7 +185,8 @@ class Tracker:
                         if name not in seen and test(summary):
                             seen[name] = now
                             self.first[label][name] = summary
-            except (TimeoutError, ApiError, OSError):
+            # ClientError: the stream ended mid-chunk (the API server restarted)
+            except (TimeoutError, ApiError, OSError, aiohttp.ClientError):
                 await asyncio.sleep(0.2)
 
     async def __aenter__(self) -> Tracker:

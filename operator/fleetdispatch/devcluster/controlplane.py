@@ -8,6 +8,9 @@ authorizers, service account tokens, the default admission plugins plus NodeRest
 of every request (the tests' request log). It writes a kubeconfig per identity: ``admin`` (system:masters),
 the controller manager, the scheduler and the node agent. A component that exits is reported by
 :meth:`ControlPlane.failed`; :meth:`ControlPlane.stop` ends them all (TERM, then KILL after a grace).
+:meth:`ControlPlane.stop_component` and :meth:`ControlPlane.start_component` stop one and start it again
+with the same ports and data folder (an outage, as the chaos bench makes: the cluster comes back as it
+was and its clients reconnect).
 
 Nothing here runs pods: the node agent (:mod:`.nodeagent`) is the kubelet.
 """
@@ -212,6 +215,8 @@ class ControlPlane:
         self.logs.mkdir(exist_ok=True)
         self.audit_log = self.logs / "audit.log"
         self.url = ""
+        self.etcd_url = ""
+        self.stopped: set[str] = set()  # components stopped on purpose (an outage), to be started again
         self.notes: list[str] = []  # what a user should know about how it started (a port taken)
         self.admin = self.pki.issue("admin", "fleetdispatch-admin", organizations=("system:masters",))
 
@@ -265,8 +270,9 @@ class ControlPlane:
             self.logs / "etcd.log",
         )
         self.components = [etcd]
+        self.etcd_url = f"http://127.0.0.1:{etcd_port}"
         etcd.start()
-        self._wait(lambda: _http_ok(f"http://127.0.0.1:{etcd_port}/health"), timeout, etcd)
+        self._wait(self._etcd_ready, timeout, etcd)
 
         serving = self.pki.issue(
             "apiserver",
@@ -396,6 +402,9 @@ class ControlPlane:
             component.start()
             self.components.append(component)
 
+    def _etcd_ready(self) -> bool:
+        return _http_ok(f"{self.etcd_url}/health")
+
     def _api_ready(self) -> bool:
         try:
             status, _ = self.request("GET", "/readyz")
@@ -415,8 +424,46 @@ class ControlPlane:
             time.sleep(0.1)
 
     def failed(self) -> Component | None:
-        """The first component that has exited, if any."""
-        return next((c for c in self.components if c.exited() is not None), None)
+        """The first component that has exited, if any (one stopped by :meth:`stop_component` has not)."""
+        return next(
+            (c for c in self.components if c.exited() is not None and c.name not in self.stopped), None
+        )
+
+    def component(self, name: str) -> Component:
+        found = next((c for c in self.components if c.name == name), None)
+        if found is None:
+            raise ControlPlaneError(f"no component {name} (there are {[c.name for c in self.components]})")
+        return found
+
+    def stop_component(self, name: str, grace: float = _STOP_GRACE_SECONDS) -> None:
+        """Stop one component (TERM, then KILL after ``grace``), as an outage: :meth:`failed` does not
+        report it, and :meth:`start_component` brings it back as it was."""
+        self.stopped.add(name)
+        self.component(name).stop(grace)
+
+    def start_component(self, name: str, timeout: float = 120.0) -> None:
+        """Start a component :meth:`stop_component` stopped, with its first command line: the same ports,
+        data folder, certificates and log files (appended to), so its clients reconnect to it unchanged;
+        returns once it is ready (etcd healthy, the API server ready), others at once."""
+        component = self.component(name)
+        if component.exited() is None:
+            raise ControlPlaneError(f"{name} is running")
+        component.start()
+        ready = {"etcd": self._etcd_ready, "kube-apiserver": self._api_ready}.get(name)
+        if ready is not None:
+            self._wait(ready, timeout, component)
+        self.stopped.discard(name)
+
+    def restart_component(
+        self, name: str, down: float = 0.0, grace: float = _STOP_GRACE_SECONDS, timeout: float = 120.0
+    ) -> float:
+        """Stop one component (KILLed after ``grace``: 0 is a crash), wait ``down`` seconds, start it
+        again; returns the seconds it was not serving."""
+        began = time.monotonic()
+        self.stop_component(name, grace)
+        time.sleep(down)
+        self.start_component(name, timeout)
+        return time.monotonic() - began
 
     def stop(self) -> None:
         """Every component, the last started first (the API server before etcd)."""
