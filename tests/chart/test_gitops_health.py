@@ -6,10 +6,12 @@ objects the real operator wrote through the dev cluster's kube-apiserver, whose 
 alone (runtime `none`): the test writes their status as a kubelet would, so that every phase is reached on
 demand.
 
-Flux and Helm: `kstatus.compute` (tests/kstatus.py, the rules of sigs.k8s.io/cli-utils kstatus) over the
-same objects. kstatus has no Suspended: a suspended dispatch reads InProgress (its Ready condition is False),
-so a `wait: true` or `helm --wait` on it waits until its timeout. That is the honest answer (the dispatch has
-not done its work, and it has not failed) and is kept; Argo CD shows Suspended itself.
+Flux and Helm: `kstatus.compute` (tests/kstatus.py: the real sigs.k8s.io/cli-utils kstatus, built with Go
+by `make tools`) over the same objects, and over the CRDs the dev cluster serves. kstatus has no Suspended:
+a suspended dispatch reads InProgress (its Ready condition is False), so a `wait: true` or `helm --wait` on
+it waits until its timeout. That is the honest answer (the dispatch has not done its work, and it has not
+failed) and is kept; Argo CD shows Suspended itself. Without the built kstatus the tests that ask it skip
+(outside CI).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ import pytest
 from lupa import lua51
 
 import kstatus
+from fleetdispatch.devcluster.stack import BackgroundCluster
+from kstatus import needs_kstatus
+from kube import Kube
 from operators import Namespace, OperatorProcess, running, terminated
 from waiting import eventually
 
@@ -103,6 +108,7 @@ def _sample(phase: str | None, message: str = "", generation: int = 1, observed:
     return obj
 
 
+@needs_kstatus
 @pytest.mark.parametrize("phase", list(EXPECTED))
 def test_each_phase_maps_to_argocd_health_and_kstatus(phase: str) -> None:
     obj = _sample(phase, message=f"what happened in {phase}")
@@ -121,6 +127,7 @@ def test_progressing_messages_show_the_phase_and_attempt() -> None:
     )
 
 
+@needs_kstatus
 def test_no_status_yet_is_progressing_for_argocd_but_current_for_kstatus() -> None:
     obj = _sample(None)
     assert argocd_health(obj) == ("Progressing", "waiting for the operator to pick up the dispatch")
@@ -130,6 +137,7 @@ def test_no_status_yet_is_progressing_for_argocd_but_current_for_kstatus() -> No
     assert kstatus.compute(obj) == kstatus.Result(kstatus.CURRENT, "Resource is current")
 
 
+@needs_kstatus
 def test_an_unobserved_generation_is_progressing_whatever_the_phase() -> None:
     obj = _sample("Succeeded", message="attempt 1 completed", generation=3, observed=2)
     assert argocd_health(obj) == ("Progressing", "waiting for the operator to observe generation 3")
@@ -141,6 +149,7 @@ def test_an_unobserved_generation_is_progressing_whatever_the_phase() -> None:
     assert argocd_health(obj) == ("Progressing", "waiting for the operator to observe generation 3")
 
 
+@needs_kstatus
 def test_failed_without_a_status_message_takes_the_stalled_message() -> None:
     obj = _sample("Failed", message="")
     obj["status"]["conditions"][2]["message"] = "spec.timeouts.deadlineSeconds: not an integer"
@@ -155,10 +164,32 @@ def test_an_unknown_phase_is_unknown_to_argocd() -> None:
     assert argocd_health(obj) == ("Unknown", "unknown phase Hibernating")
 
 
+@needs_kstatus
 def test_a_dispatch_being_deleted_is_terminating_for_kstatus() -> None:
     obj = _sample("Running")
     obj["metadata"]["deletionTimestamp"] = "2026-11-24T14:00:00Z"
     assert kstatus.compute(obj).status == kstatus.TERMINATING
+
+
+@needs_kstatus
+def test_kstatus_answers_a_batch_in_order_with_its_own_messages_and_errors() -> None:
+    suspended_quietly = _sample("Suspended")
+    bad_generation = _sample("Running")
+    bad_generation["metadata"]["generation"] = "1"
+    results = kstatus.compute_all(
+        [_sample("Failed", "exit 3"), suspended_quietly, bad_generation, _sample(None)]
+    )
+    assert [r.status for r in results] == [
+        kstatus.FAILED,
+        kstatus.IN_PROGRESS,
+        kstatus.UNKNOWN,
+        kstatus.CURRENT,
+    ]
+    assert results[0].message == "exit 3"
+    # A Ready condition that is False gives its message, never its reason: an empty one stays empty.
+    assert results[1] == kstatus.Result(kstatus.IN_PROGRESS, "")
+    # A field of the wrong type is Compute's error, which the pollers of Flux and Helm report as Unknown.
+    assert "metadata.generation" in results[2].error
 
 
 def test_what_a_wait_on_a_campaign_does() -> None:
@@ -218,6 +249,19 @@ def _drive(ns: Namespace, phase: str) -> dict[str, Any]:
     return ns.dispatch(name)
 
 
+@needs_kstatus
+def test_the_crds_the_dev_cluster_serves_are_current_for_kstatus(cluster: BackgroundCluster) -> None:
+    # Flux's `wait: true` waits on the CRDs it applies too; kstatus has rules of its own for them (the
+    # Established and NamesAccepted conditions), which need the kind that a list's items leave out.
+    kube = Kube(cluster.dev)
+    crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    names = [c["metadata"]["name"] for c in kube.items(crds) if c["spec"]["group"] == "fleet.dispatch.dev"]
+    assert "fleetdispatches.fleet.dispatch.dev" in names
+    results = kstatus.compute_all(kube.get(f"{crds}/{name}") for name in names)
+    assert results == [kstatus.Result(kstatus.CURRENT, "CRD is established")] * len(names)
+
+
+@needs_kstatus
 @pytest.mark.parametrize("phase", list(EXPECTED))
 def test_real_statuses_map_to_argocd_health_and_kstatus(ns: Namespace, phase: str) -> None:
     obj = _drive(ns, phase)
@@ -235,6 +279,7 @@ def test_real_statuses_map_to_argocd_health_and_kstatus(ns: Namespace, phase: st
         assert result.message == "spec.suspend is true"  # what a timed-out wait reports
 
 
+@needs_kstatus
 def test_a_spec_change_the_operator_has_not_seen_is_progressing(
     ns: Namespace, operator: OperatorProcess
 ) -> None:
