@@ -47,7 +47,7 @@ def test_a_pod_just_created_has_no_status_yet() -> None:
     pod = make_pod(phase=None)
     del pod["status"]
     view = observe(pod)
-    assert view == PodView(name="job-1", attempt=1)
+    assert view == PodView(name="job-1", attempt=1, uid="uid-job-1")
     assert view.phase == "Pending"
     assert view.live
     assert not view.deleting

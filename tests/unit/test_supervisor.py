@@ -280,7 +280,7 @@ def test_sigterm_ends_the_supervisor_at_once_and_leaves_the_session_to_the_kubel
 def test_the_supervisor_marks_itself_non_dumpable(session: Sessions) -> None:
     # PR_GET_DUMPABLE (3) in a fresh interpreter, after the call the supervisor makes at start.
     probe = (
-        "import ctypes; from fleetdispatch.session.supervisor import set_non_dumpable; "
+        "import ctypes; from fleetdispatch.session.nondumpable import set_non_dumpable; "
         "assert set_non_dumpable(); print(ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))"
     )
     checked = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)

@@ -6,8 +6,9 @@ dependency already), with `Credentials` (see `credentials`): every request asks 
 Authorization header, so a rotated token file or a renewed exec plugin token is used as soon as there is
 one; a renewal that runs a plugin runs in a thread, one at a time, never on the event loop.
 
-Every request is counted by verb and status code (`counts`), which the metrics export and the benchmark
-reads; a response that is not 2xx raises `ApiError` with the server's `Status` message.
+Every request is counted by verb and status code (`counts`), which the benchmark reads; the operator's
+metrics count them through the aiohttp `trace_configs` given (`controller.metrics.api_trace`). A response
+that is not 2xx raises `ApiError` with the server's `Status` message.
 
 `watch` streams a watch's events, for the dev cluster's node agent (the operator watches through kopf).
 `whoami` asks who the credentials authenticate as (`kubectl auth whoami`), so a command can refuse to start
@@ -21,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -50,9 +51,11 @@ class KubeApi:
         *,
         user_agent: str = "fleet-dispatch",
         on_response: Callable[[str, int], None] | None = None,
+        trace_configs: Sequence[aiohttp.TraceConfig] = (),
     ) -> None:
         self.credentials = credentials
         self._on_response = on_response
+        self._trace_configs = list(trace_configs)  # aiohttp's request tracing (the operator's metrics)
         self.counts: Counter[tuple[str, int]] = Counter()
         self._user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
@@ -74,7 +77,9 @@ class KubeApi:
         if self._session is None:
             connector = aiohttp.TCPConnector(ssl=self.credentials.ssl_context(), limit=64)
             self._session = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=60, connect=15)
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=60, connect=15),
+                trace_configs=self._trace_configs or None,
             )
         return self._session
 

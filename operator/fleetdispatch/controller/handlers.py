@@ -11,6 +11,9 @@ fleetdispatch.controller` (registration happens at import, at module level).
   dispatch, as the small `PodView` the lifecycle reads, and QuotaPools as `quota.Pool`. kopf fills every
   index from a full listing before any other handler runs, so after a restart no dispatch is judged
   against a partial picture of its pods.
+- **Leases through the reconciler's own watch** (`leases.LeaseWatch`, only with the heartbeat on): the
+  supervisors' Leases in the watched namespaces; the lost-supervisor judgement needs to know since when that
+  view is unbroken, which a kopf watch does not tell.
 - **Liveness.** kopf serves `/healthz`; its probe handler here fails it (500) when the workers make no
   progress (`workqueue.Progress.stalled`), so that Kubernetes restarts a stuck operator.
 
@@ -20,11 +23,15 @@ Deliberately not here: the reconcile step (`reconciler`), the queue (`workqueue`
 from __future__ import annotations
 
 import asyncio
+import getpass
 import logging
+import os
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import kopf
 
 from fleetdispatch.api import names
@@ -34,7 +41,7 @@ from fleetdispatch.client import credentials
 from fleetdispatch.client.credentials import Credentials
 from fleetdispatch.client.kubeapi import KubeApi
 from fleetdispatch.controller.cache import Key
-from fleetdispatch.controller.metrics import Metrics
+from fleetdispatch.controller.metrics import Metrics, api_trace, pool_states
 from fleetdispatch.controller.metrics import serve as serve_metrics
 from fleetdispatch.controller.reconciler import COMPONENT, Reconciler
 from fleetdispatch.controller.workqueue import STALL_SECONDS, Progress
@@ -66,6 +73,9 @@ class Runtime:
     credentials: Credentials | None = None
     reconciler: Reconciler | None = None
     metrics_runner: Any = None
+    kopf_session: tuple[Any, Any] | None = None  # the last login's ConnectionInfo and kopf.AiohttpSession
+    # The watched namespaces (empty: all), where the supervisors' Leases are watched too.
+    namespaces: tuple[str, ...] = ()
 
     def reconciler_for(self, indices: Mapping[str, Any]) -> Reconciler:
         """The reconciler, created on the first event: only then are kopf's credentials and indices known."""
@@ -75,7 +85,7 @@ class Runtime:
             kube = KubeApi(
                 self.credentials,
                 user_agent=f"{COMPONENT}/{names.VERSION}",
-                on_response=lambda verb, code: self.metrics.api_requests.labels(verb, str(code)).inc(),
+                trace_configs=[api_trace(self.metrics)],
             )
 
             pods_index, pools_index = indices["fleet_pods"], indices["fleet_pools"]
@@ -86,7 +96,9 @@ class Runtime:
             def pools(key: Key) -> quota.Pool | None:
                 return next(iter(pools_index.get(key, ())), None)
 
-            self.reconciler = Reconciler(self.options, kube, self.metrics, pods=pods, pools=pools)
+            self.reconciler = Reconciler(
+                self.options, kube, self.metrics, pods=pods, pools=pools, lease_namespaces=self.namespaces
+            )
             self.reconciler.start()
         return self.reconciler
 
@@ -118,23 +130,52 @@ async def _startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None
     settings.networking.request_timeout = 60
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = COMPONENT
-    runtime = Runtime(options, Metrics())
+    metrics = getattr(memo, "metrics", None) or Metrics()  # the caller's, which counts its own requests too
+    runtime = Runtime(options, metrics, namespaces=tuple(getattr(memo, "namespaces", None) or ()))
     runtime.metrics.count_phases = lambda: (
         runtime.reconciler.cache.phase_counts() if runtime.reconciler else {}
     )
+    runtime.metrics.pool_states = lambda: (
+        pool_states(runtime.reconciler.pools.states()) if runtime.reconciler else ()
+    )
+    runtime.metrics.progress = lambda: runtime.reconciler.progress() if runtime.reconciler else None
     if options.metrics_port:
         runtime.metrics_runner = await serve_metrics(runtime.metrics, options.metrics_port)
     memo.runtime = runtime
 
 
 @kopf.on.login()
-def _login(memo: Any, **_: Any) -> Any:
+async def _login(memo: Any, **_: Any) -> Any:
     """The credentials `fleetdispatch operator` selected (--kubeconfig, --context), else found the same way
-    (under `kopf run -m`); kopf runs this in a thread and again when they expire, so a plugin renews them."""
+    (under `kopf run -m`); kopf calls this again when they expire, so a plugin renews them (in a thread).
+
+    kopf gets them as an aiohttp session built as kopf builds its own (`kopf.AiohttpSession`, kopf's
+    documented custom session), with the metrics' request tracing on it: kopf's lists, watches and Events
+    are counted with the operator's own requests."""
     server = getattr(memo, "server", None)  # `fleetdispatch dev`: its own API server, no credentials
-    found = Credentials(server=server) if server else credentials.selected()
+    found = Credentials(server=server) if server else await asyncio.to_thread(credentials.selected)
     memo.runtime.credentials = found
-    return found.connection_info()
+    info = await asyncio.to_thread(found.connection_info)
+    last = memo.runtime.kopf_session
+    if last is not None and last[0] == info:
+        # The same credentials: the same session object, so kopf knows them for the ones it may have found
+        # refused (401) and ends with LoginError, as it does with its own sessions, instead of retrying.
+        return last[1]
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, ssl=info.as_ssl_context()),
+        headers=info.as_http_headers(),
+        proxy=info.proxy_url,
+        trust_env=info.trust_env,
+        trace_configs=[api_trace(memo.runtime.metrics)],
+    )
+    context = kopf.AiohttpSession(
+        server=info.server,
+        default_namespace=info.default_namespace,
+        expiration=info.expiration,
+        aiohttp_session=session,
+    )
+    memo.runtime.kopf_session = (info, context)
+    return context
 
 
 @kopf.index(PODS.plural, labels={DISPATCH_LABEL: kopf.PRESENT})
@@ -200,19 +241,36 @@ async def run(
     server: str | None = None,
     stop_flag: asyncio.Event | None = None,
     ready_flag: asyncio.Event | None = None,
+    metrics: Metrics | None = None,
 ) -> None:
     """Run the operator in this event loop until `stop_flag` is set (or a signal, when it is None).
 
     `server` skips the login (kubeconfig or in-cluster service account) and talks to that URL without
-    credentials, as `fleetdispatch dev` does with its own API server.
+    credentials, as `fleetdispatch dev` does with its own API server. `metrics`: the registry to export
+    (the leader election's requests are counted in it too); a new one by default.
     """
     endpoint = f"http://0.0.0.0:{options.health_port}/healthz" if options.health_port else None
+    identity: Any = _identity()  # kopf's Identity (a str), which kopf does not export
     await kopf.operator(
+        identity=identity,
         clusterwide=not namespaces,
         namespaces=list(namespaces),
         standalone=True,
         liveness_endpoint=endpoint,
-        memo=kopf.Memo(options=options, server=server),
+        memo=kopf.Memo(options=options, server=server, namespaces=tuple(namespaces), metrics=metrics),
         stop_flag=stop_flag,
         ready_flag=ready_flag,
     )
+
+
+def _identity() -> str | None:
+    """None (kopf makes its own: $POD_ID, else the login name, host, time) unless kopf would fail to:
+    kopf asks for the login name (`getpass.getuser`), which raises for a uid with no passwd entry, as a
+    pod's `runAsUser` may be on an image that does not list it (the dev node's host lists no 65532)."""
+    if os.environ.get("POD_ID"):
+        return None
+    try:
+        getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid-{os.getuid()}@{socket.gethostname()}/{os.getpid()}"
+    return None

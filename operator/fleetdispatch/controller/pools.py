@@ -186,6 +186,18 @@ class PoolBook:
             if error.status != 404:
                 logger.warning("cannot update quota pool %s/%s: %s", *pool_key, error)
 
+    def states(self) -> list[tuple[Key, quota.Counts, datetime | None]]:
+        """Each pool seen, its counts now and its reset (for the metrics; the status write is debounced)."""
+        found = []
+        for pool_key in list(self._seen):
+            pool = self.lookup(pool_key)
+            if pool is None:
+                continue
+            resets = (t for t in (pool.exhausted_until, self._exhausted.get(pool_key)) if t is not None)
+            counts = quota.counts(self.members(pool_key, self.clock()))
+            found.append((pool_key, counts, max(resets, default=None)))
+        return found
+
     def close(self) -> None:
         """Cancel the writes not yet due."""
         for handle in self._writes.values():

@@ -32,7 +32,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import socket
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,10 +42,11 @@ from fleetdispatch.api.models import FleetDispatchStatus
 from fleetdispatch.api.settings import OperatorSettings
 from fleetdispatch.client.kubeapi import MERGE_PATCH, ApiError, KubeApi
 from fleetdispatch.controller.cache import DispatchCache, Key, Pods
+from fleetdispatch.controller.leases import LeaseWatch
 from fleetdispatch.controller.metrics import Metrics
 from fleetdispatch.controller.pools import PoolBook
 from fleetdispatch.controller.workqueue import Progress, Workers, WorkQueue
-from fleetdispatch.core import lifecycle, podspec, quota
+from fleetdispatch.core import lifecycle, live, podspec, quota
 from fleetdispatch.core.podstatus import PodView, observe
 from fleetdispatch.session.protocol import format_time
 
@@ -53,6 +55,9 @@ logger = logging.getLogger("fleetdispatch.controller")
 COMPONENT = "fleet-dispatch"  # the Events' source, and the operator's user agent
 WAKE_MARGIN_SECONDS = 0.05  # wake just after `wake_at`, so that the lifecycle finds it passed
 CREATE_REFUSED_MAX = 1024  # the status message and the Event hold this much of the API server's message
+# A namespace without the heartbeat's ServiceAccount gets pods without the heartbeat; it is looked for again
+# after this long (the account may be created meanwhile).
+NO_HEARTBEAT_SECONDS = 60.0
 
 
 class CreateRefused(Exception):
@@ -113,7 +118,10 @@ class Reconciler:
         pods: Callable[[Key], Iterable[PodView]] = lambda key: (),
         pools: Callable[[Key], quota.Pool | None] = lambda key: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        lease_namespaces: Sequence[str] | None = None,
     ) -> None:
+        """`lease_namespaces`: where to watch the supervisors' Leases (empty: all namespaces), or None for
+        no live status (the heartbeat is off)."""
         self.settings, self.api, self.metrics, self.clock = settings, api, metrics, clock
         self.queue: WorkQueue[Key] = WorkQueue()
         self.cache = DispatchCache()
@@ -131,13 +139,33 @@ class Reconciler:
             name="fleetdispatch-worker",
         )
         self._instance = socket.gethostname()
+        self.leases = (
+            None
+            if lease_namespaces is None or not settings.heartbeat_service_account
+            else LeaseWatch(
+                api,
+                lease_namespaces,
+                self.saw_lease,
+                timeout_seconds=settings.watch_timeout_seconds,
+                clock=clock,
+            )
+        )
+        # When live figures were last written, per dispatch (in memory: a restart writes at once).
+        self._live_written: dict[Key, datetime] = {}
+        # Namespaces found without the heartbeat's ServiceAccount, until when (monotonic).
+        self._no_heartbeat: dict[str, float] = {}
+        self._settings_without_heartbeat = settings.model_copy(update={"heartbeat_service_account": None})
 
     # --- running -------------------------------------------------------------------------------------
 
     def start(self) -> None:
         self.workers.start()
+        if self.leases is not None:
+            self.leases.start()
 
     async def stop(self) -> None:
+        if self.leases is not None:
+            await self.leases.stop()
         await self.workers.stop()
         self.pools.close()
         await self.api.close()
@@ -160,6 +188,7 @@ class Reconciler:
         if deleted:
             gone = self.cache.forget(key)
             self.queue.discard(key)
+            self._live_written.pop(key, None)
             if gone is not None and gone.pool is not None:
                 self.pools.left(key, gone.pool)
             return
@@ -168,6 +197,10 @@ class Reconciler:
 
     def saw_pod(self, namespace: str, pod_name: str, dispatch: str) -> None:
         self.pods.seen(namespace, pod_name)
+        self.queue.add((namespace, dispatch))
+
+    def saw_lease(self, namespace: str, dispatch: str) -> None:
+        """A supervisor's Lease (labelled with `dispatch`) changed or went away."""
         self.queue.add((namespace, dispatch))
 
     def saw_pool(self, namespace: str, name: str, body: Mapping[str, Any], deleted: bool = False) -> None:
@@ -224,6 +257,9 @@ class Reconciler:
             gate=gate,
         )
         pods = self.pods.of(key, cached.uid)
+        heartbeat = await self._heartbeat(key, status, now)
+        if heartbeat is not None:
+            dispatch = dataclasses.replace(dispatch, heartbeat=heartbeat)
         decision = lifecycle.reconcile(dispatch, pods, now, self.limits)
         # The status first, then the pods: an attempt's pod is created only once the status that names it
         # (and records the previous attempt's end) is stored, and only from a decision made on the stored
@@ -233,6 +269,8 @@ class Reconciler:
             key, cached.resource_version, patch
         ):
             return
+        if heartbeat is not None and any(field in patch for field in live.LIVE_FIELDS):
+            self._live_written[key] = now
         for name in decision.delete:
             await self._delete_pod(key[0], name)
         refusal: CreateRefused | None = None
@@ -269,6 +307,27 @@ class Reconciler:
             self.queue.cancel_wake(key)
         if refusal is not None:
             raise refusal  # the workers retry the create with the key's backoff, growing while it is refused
+
+    async def _heartbeat(self, key: Key, status: FleetDispatchStatus, now: datetime) -> live.Live | None:
+        """The running attempt's heartbeat as the lifecycle takes it; None without a view of its Lease."""
+        if self.leases is None or status.phase != "Running" or status.pod_name is None:
+            return None
+        since = self.leases.visible_since(key[0])
+        if since is None:
+            return None  # not listed yet: no judgement on a partial view
+        heartbeat = live.Live(
+            lease=self.leases.get(key[0], status.pod_name),
+            visible_since=since,
+            period_seconds=self.settings.heartbeat_seconds,
+            write_interval_seconds=self.settings.live_status_interval_seconds,
+            last_write=self._live_written.get(key),
+        )
+        if heartbeat.lease is not None and now >= live.lost_at(heartbeat, heartbeat.lease):
+            # About to end the attempt on what the watch said: ask the API server first (a watch that
+            # stalled silently must not end healthy sessions).
+            fresh = await self.leases.read(key[0], status.pod_name)
+            heartbeat = dataclasses.replace(heartbeat, lease=fresh)
+        return heartbeat
 
     async def _decide_again(
         self,
@@ -333,7 +392,9 @@ class Reconciler:
         """Create the attempt's pod; the API server's reason when it refuses the pod for good, else None."""
         assert dispatch.spec is not None
         ref = podspec.DispatchRef(dispatch.name, dispatch.namespace, dispatch.uid)
-        pod = podspec.build_pod(ref, dispatch.spec, template, request, now.timestamp(), self.settings)
+        heartbeat = self._no_heartbeat.get(dispatch.namespace, 0.0) <= time.monotonic()
+        settings = self.settings if heartbeat else self._settings_without_heartbeat
+        pod = podspec.build_pod(ref, dispatch.spec, template, request, now.timestamp(), settings)
         name = pod["metadata"]["name"]
         try:
             created = await self.api.request("POST", names.PODS.path(dispatch.namespace), pod)
@@ -347,6 +408,16 @@ class Reconciler:
                     raise RuntimeError(
                         f"pod {name} still belongs to a deleted dispatch of the same name"
                     ) from None
+            elif error.status == 403 and heartbeat and self._heartbeat_account_missing(error):
+                # The namespace has no heartbeat ServiceAccount: its pods run without the heartbeat, as
+                # they would with it off.
+                logger.info(
+                    "%s has no ServiceAccount %s: no heartbeat there",
+                    dispatch.namespace,
+                    self.settings.heartbeat_service_account,
+                )
+                self._no_heartbeat[dispatch.namespace] = time.monotonic() + NO_HEARTBEAT_SECONDS
+                return await self._create_pod(dispatch, template, request, now)
             elif error.status == 403:
                 # A ResourceQuota, Pod Security, a webhook: the cause may go away, so the create is retried.
                 message = f"the API server refused the pod for attempt {request.attempt}: {error.message}"
@@ -357,6 +428,16 @@ class Reconciler:
                 raise
         self.pods.created(dispatch.namespace, observe(created))
         return None
+
+    def _heartbeat_account_missing(self, error: ApiError) -> bool:
+        """Whether the API server refused a pod because the heartbeat's ServiceAccount does not exist (the
+        ServiceAccount admission's "error looking up service account NS/NAME: ... not found")."""
+        account = self.settings.heartbeat_service_account
+        return (
+            bool(account)
+            and "error looking up service account" in error.message
+            and (f'serviceaccount "{account}" not found' in error.message)
+        )
 
     async def _delete_pod(self, namespace: str, name: str) -> None:
         try:
@@ -372,16 +453,8 @@ class Reconciler:
         self, dispatch: lifecycle.Dispatch, decision: lifecycle.Decision, before: FleetDispatchStatus
     ) -> None:
         """Metrics and Events for what the decision did; an Event that cannot be posted is only logged."""
-        for outcome in decision.outcomes:
-            self.metrics.attempts_ended.labels(outcome.reason, outcome.failure_class or "").inc()
-            if outcome.reason in ("DeadlineExceeded", "IdleTimeout", "SupervisorLost"):
-                self.metrics.stops.labels(outcome.reason).inc()
-            if outcome.verdict == "Requeue" and decision.status.phase == "Requeued":
-                self.metrics.requeues.inc()
-            initial, final = before.deadline, decision.status.deadline
-            if initial is not None and final is not None and final > initial:
-                self.metrics.deadline_extensions.inc()
-                self.metrics.deadline_extension_seconds.inc((final - initial).total_seconds())
+        pods = self.pods.of((dispatch.namespace, dispatch.name), dispatch.uid)
+        self.metrics.record(before, decision, pods, self.clock())
         for event in decision.events:
             await self._post_event(dispatch, event)
 

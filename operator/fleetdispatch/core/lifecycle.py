@@ -35,6 +35,11 @@ An attempt ends when `classify.judge` says so, when its pod is gone (`PodDeleted
 deletes it: a pod still running `killGraceSeconds + backstop margin` past its supervisor's cap
 (`start + deadlineSeconds + maxExtensionSeconds`) means the supervisor did not stop the session, whatever
 the pod reports (`SupervisorLost`).
+While the session runs, the supervisor's Lease (`Dispatch.heartbeat`, judged by `live`) is followed when
+the operator watches Leases: the status mirrors its deadline, last activity and its reason, and last output,
+at most once per write interval (a figure due later is a wake-up), and a Lease the supervisor no longer
+renews (`live.lost_at`) deletes the pod as `SupervisorLost` long before the backstop would. A Lease that is
+not the current pod's supervisor's own (`live.distrust`) is ignored; without a Lease, nothing changes.
 A pod whose session has not started `timeouts.startSeconds` after the pod's creation (unschedulable, an
 image that cannot be pulled, a supervisor that never starts) is deleted too (`StartTimeout`, with the pod's
 waiting reason). Infrastructure failures (the `Ignore` action) are counted in `infrastructureFailures`;
@@ -78,7 +83,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from fleetdispatch.api.models import AttemptRecord, FleetDispatchSpec, FleetDispatchStatus, Phase
-from fleetdispatch.core import backoff, classify, conditions
+from fleetdispatch.core import backoff, classify, conditions, live
 from fleetdispatch.core.classify import Outcome
 from fleetdispatch.core.podspec import AttemptRequest, pod_name
 from fleetdispatch.core.podstatus import PodView
@@ -129,6 +134,9 @@ class Dispatch:
     # The API server's message when it has just refused the pod this decision asks for (a ResourceQuota,
     # Pod Security, a webhook): decided again with it, the attempt waits `FailedCreate` instead.
     create_refused: str | None = None
+    # The supervisor's heartbeat, when the operator follows Leases (`live`): the running attempt's status
+    # mirrors its figures, and a Lease no longer renewed ends the attempt (`SupervisorLost`).
+    heartbeat: live.Live | None = None
 
 
 @dataclass(frozen=True)
@@ -336,11 +344,42 @@ class _Reconcile:
             if s.deadline is None:
                 s.deadline = later(supervised, t.deadline_seconds)
                 s.deadline_cap = later(s.deadline, t.max_extension_seconds)
+            self.follow_lease(pod)
+        elif s.phase == "Running":
+            self.follow_lease(pod)
         elif s.phase == "Pending" and pod.waiting_reason not in (None, *ROUTINE_WAITING):
             s.reason = pod.waiting_reason
             s.message = f"pod {pod.name}: {pod.waiting_reason}" + (
                 f": {pod.waiting_message}" if pod.waiting_message else ""
             )
+
+    def follow_lease(self, pod: PodView) -> None:
+        """The running attempt's heartbeat: mirror the supervisor's figures (at most once per write
+        interval), and end the attempt when its Lease is no longer renewed while the session runs."""
+        s, heartbeat = self.status, self.dispatch.heartbeat
+        if heartbeat is None or heartbeat.lease is None or pod.session is not None or pod.deleting:
+            return
+        lease = heartbeat.lease
+        if live.distrust(lease, pod, self.dispatch.name, s.attempt) is not None:
+            return  # not the supervisor's own Lease: ignored
+        lost = live.lost_at(heartbeat, lease)
+        if self.now < lost:
+            self.wakes.append(lost)
+        elif pod.phase == "Running":
+            self.delete_pod(pod)
+            message = live.lost_message(heartbeat, lease, self.now)
+            outcome = classify.lost(classify.SUPERVISOR_LOST, message)
+            self.end_attempt(classify.apply_policy(self.spec.failure_policy, outcome), pod)
+            return
+        changed = live.changes(lease, {key: getattr(s, key) for key in live.LIVE_FIELDS.values()})
+        if not changed:
+            return
+        due = live.write_at(heartbeat, self.now)
+        if due > self.now:
+            self.wakes.append(due)
+            return
+        for key, value in changed.items():
+            setattr(s, key, value)
 
     def start_timeout(self, pod: PodView) -> Outcome:
         """The attempt whose session did not start within `timeouts.startSeconds`, and why it waits."""

@@ -61,6 +61,8 @@ class PodView:
     created_at: datetime | None = None
     unschedulable: str | None = None
     unschedulable_message: str | None = None
+    # The pod's own uid: its supervisor's Lease is owned by it (`live.distrust`).
+    uid: str | None = None
 
     @property
     def live(self) -> bool:
@@ -165,6 +167,7 @@ def observe(pod: Mapping[str, Any]) -> PodView:
         created_at=parse_time(metadata.get("creationTimestamp")),
         unschedulable=unschedulable,
         unschedulable_message=unschedulable_message,
+        uid=str(metadata["uid"]) if metadata.get("uid") else None,
     )
 
 

@@ -5,8 +5,11 @@
 loopback), the :class:`~.nodeagent.NodeAgent` (``local`` pods in namespaces, ``instant`` pods for the
 benches, or ``none``), fleet-dispatch's CRDs applied and established, and the operator's identity: the
 chart's ServiceAccount and exactly the chart's RBAC (``helm template`` of ``charts/fleet-dispatch`` with
-``watch.allNamespaces``), with a token for it in ``operator.kubeconfig``. The operator itself is a
-separate process (``fleetdispatch operator``), started by :func:`serve` or by the tests.
+``watch.allNamespaces``), with a token for it in ``operator.kubeconfig``, and the supervisors' heartbeat
+identity (the chart's ServiceAccount, Role and RoleBinding of ``heartbeat.yaml``) in the ``default``
+namespace (:func:`heartbeat_identity` renders it for others; :func:`serve` gives it to every namespace as
+it appears). The operator itself is a separate process (``fleetdispatch operator``), started by
+:func:`serve` (with the heartbeat on, as the chart's default) or by the tests.
 
 :class:`BackgroundCluster` runs one in a thread with its own event loop, for synchronous callers (pytest).
 """
@@ -24,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
@@ -42,7 +45,7 @@ from fleetdispatch.devcluster.controlplane import (
     kubeconfig,
     tools_folder,
 )
-from fleetdispatch.devcluster.nodeagent import NodeAgent
+from fleetdispatch.devcluster.nodeagent import IMAGE_ENTRYPOINTS, ImageEntrypoint, NodeAgent
 from fleetdispatch.validation import manifests
 
 RuntimeMode = Literal["local", "instant", "none"]
@@ -50,12 +53,34 @@ OPERATOR_NAMESPACE = "fleet-system"
 OPERATOR_RELEASE = "fleet-dispatch"
 OPERATOR_ACCOUNT = "fleet-dispatch"
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}"
+# The chart's default heartbeat account (heartbeat.serviceAccountName); `fleetdispatch dev` gives it to the
+# `default` namespace and runs the operator with it.
+HEARTBEAT_ACCOUNT = "fleet-dispatch-supervisor"
+DEV_NAMESPACE = "default"
 _REPOSITORY = Path(__file__).resolve().parents[3]
 CHART = _REPOSITORY / "charts" / "fleet-dispatch"
 
 
 def chart_rbac(namespace: str = OPERATOR_NAMESPACE, *values: str) -> list[dict[str, Any]]:
     """The chart's ServiceAccount and RBAC for the operator, rendered by ``helm template``."""
+    return _render_chart(
+        namespace,
+        ("watch.allNamespaces=true", *values),
+        ("templates/serviceaccount.yaml", "templates/rbac.yaml"),
+    )
+
+
+def heartbeat_identity(*namespaces: str) -> list[dict[str, Any]]:
+    """The chart's heartbeat ServiceAccount, Role and RoleBinding for `namespaces` (``helm template``)."""
+    listed = ",".join(namespaces)
+    return _render_chart(
+        OPERATOR_NAMESPACE,
+        ("watch.allNamespaces=true", "heartbeat.enabled=true", f"heartbeat.namespaces={{{listed}}}"),
+        ("templates/heartbeat.yaml",),
+    )
+
+
+def _render_chart(namespace: str, values: Sequence[str], templates: Sequence[str]) -> list[dict[str, Any]]:
     helm = shutil.which("helm") or str(tools_folder() / "bin" / "helm")
     if not os.access(helm, os.X_OK):
         raise ControlPlaneError(
@@ -69,13 +94,8 @@ def chart_rbac(namespace: str = OPERATOR_NAMESPACE, *values: str) -> list[dict[s
             str(CHART),
             "--namespace",
             namespace,
-            "--set",
-            "watch.allNamespaces=true",
             *(part for value in values for part in ("--set", value)),
-            "--show-only",
-            "templates/serviceaccount.yaml",
-            "--show-only",
-            "templates/rbac.yaml",
+            *(part for template in templates for part in ("--show-only", template)),
         ],
         check=True,
         capture_output=True,
@@ -95,7 +115,9 @@ class DevCluster:
         workdir: Path | None = None,
         data_dir: Path | None = None,
         crds: bool = True,
+        images: Mapping[str, ImageEntrypoint] = IMAGE_ENTRYPOINTS,
     ) -> None:
+        """``images``: the entrypoints the node agent runs for a container with no ``command``."""
         self._temporary: tempfile.TemporaryDirectory[str] | None = None
         if workdir is None:
             self._temporary = tempfile.TemporaryDirectory(prefix="fleetdispatch-dev-")
@@ -104,6 +126,7 @@ class DevCluster:
         self.plane = ControlPlane(workdir / "controlplane", port=port, data_dir=data_dir)
         self._mode = runtime
         self._crds = crds
+        self._images = images
         self.agent: NodeAgent | None = None
         self._agent_api: KubeApi | None = None
         self._agent_task: asyncio.Task[None] | None = None
@@ -143,6 +166,7 @@ class DevCluster:
                     serving=(serving.certificate, serving.key),
                     client_ca=self.plane.ca,
                     mode=self._mode,
+                    images=self._images,
                 )
                 self._agent_task = asyncio.create_task(self.agent.run(), name="fleetdispatch-node-agent")
                 registered = asyncio.create_task(self.agent.registered.wait())
@@ -169,6 +193,8 @@ class DevCluster:
             [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}}]
         )
         self.plane.apply(chart_rbac())
+        # The supervisors' heartbeat identity where `fleetdispatch dev` users create dispatches by default.
+        self.plane.apply(heartbeat_identity(DEV_NAMESPACE))
         status, body = self.plane.request(
             "POST",
             names.SERVICE_ACCOUNTS.path(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT, "token"),
@@ -187,6 +213,35 @@ class DevCluster:
             encoding="utf-8",
         )
         self.operator_kubeconfig.chmod(0o600)
+
+    async def grant_heartbeat(self, stop: asyncio.Event, every: float = 1.0) -> None:
+        """Give each namespace the heartbeat identity as it appears, until `stop`: ``fleetdispatch dev``'s
+        operator watches all namespaces, as the chart's would with ``heartbeat.namespaces`` listing them all.
+        A dispatch whose pod is created before that (within ``every``) runs without the heartbeat."""
+        loop = asyncio.get_running_loop()
+        granted = {DEV_NAMESPACE}
+        while not stop.is_set():
+            status, body = await loop.run_in_executor(
+                None, self.plane.request, "GET", names.NAMESPACES.path()
+            )
+            fresh = sorted(
+                str(item["metadata"]["name"])
+                for item in body.get("items") or []
+                if status == 200
+                and item["metadata"]["name"] not in granted
+                and not item["metadata"].get("deletionTimestamp")
+                and not str(item["metadata"]["name"]).startswith("kube-")
+                and item["metadata"]["name"] != OPERATOR_NAMESPACE
+            )
+            if fresh:
+                try:
+                    await loop.run_in_executor(None, self.plane.apply, heartbeat_identity(*fresh))
+                except ControlPlaneError:
+                    pass  # a namespace being deleted meanwhile: tried again next round
+                else:
+                    granted.update(fresh)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
 
     def _wait_established(self, name: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -422,12 +477,18 @@ async def serve(
                         str(free_port()),
                         "--health-port",
                         str(free_port()),
+                        # Live status, as the chart installs it (heartbeat.enabled); every namespace gets the
+                        # heartbeat's account (`grant_heartbeat`).
+                        f"--heartbeat-service-account={HEARTBEAT_ACCOUNT}",
                         *operator_args,
                     ]
                     process = await loop.run_in_executor(
                         None, lambda: stack.enter_context(operator_process(cluster, log, *args))
                     )
                     announce(f"operator log: {log}")
+                granting = asyncio.create_task(
+                    cluster.grant_heartbeat(stop), name="fleetdispatch-dev-heartbeat"
+                )
                 what = "operator watching" if operator else "no operator (--no-operator)"
                 kept = f"state kept in {data_dir}" if data_dir else "state goes away on exit"
                 announce(f"ready: CRDs established, {what}; {kept} (Ctrl-C to stop)")
@@ -441,6 +502,8 @@ async def serve(
                         break
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), 0.5)
+                granting.cancel()
+                await asyncio.gather(granting, return_exceptions=True)
                 announce("stopping: the operator, the node's pods, the control plane")
                 await loop.run_in_executor(None, stack.close)
     finally:

@@ -2,11 +2,15 @@
 
 It tells the operator that the supervisor is alive and what it currently enforces: the Lease's annotations
 carry the supervisor's report (`protocol.report`: the effective deadline, the last activity and its reason,
-and the last output), which the operator mirrors into the dispatch's status. It is optional (on only when a
-service account token is mounted into the supervisor) and never in the way: requests run in a daemon thread
-with short timeouts, the supervision loop only hands over its latest figures, and errors are logged with an
-exponential backoff, never raised. If the API is unreachable the supervisor goes on enforcing locally; the
-session never depends on this.
+and the last output), which the operator watches (by the dispatch label) and mirrors into the dispatch's
+status while the attempt runs (`core.live`); a Lease no longer renewed for three periods ends the attempt as
+`SupervisorLost`. The operator trusts only the Lease this module writes: named after the pod and held by it
+(`holderIdentity`), owned by the pod (an owner reference to its uid, which also has the garbage collector
+delete it with the pod) and labelled with the dispatch and the attempt, all of which every write repeats.
+It is optional (on only when a service account token is mounted into the supervisor) and never in the way:
+requests run in a daemon thread with short timeouts, the supervision loop only hands over its latest
+figures, and errors are logged with an exponential backoff, never raised. If the API is unreachable the
+supervisor goes on enforcing locally; the session never depends on this.
 
 Requests go through `http.client` with the standard `ssl` module, one connection per request and never
 through a proxy (a proxy variable in the pod must not route the pod's credentials elsewhere). Not the
@@ -19,9 +23,11 @@ work too.
 A daemon thread, not an anyio task: anyio's event loop (asyncio) would take the supervisor over its
 budget (see `supervisor`), and the requests would still run in a worker thread (`http.client` blocks).
 
-Rate: at most one write per `interval` seconds, sent when the figures changed or when the Lease is due for
-renewal (every `interval` seconds); `leaseDurationSeconds` is three intervals, so one lost request does not
-make the supervisor look lost.
+Rate: one write every `interval` seconds, the renewal, with the latest figures (so a change reaches the
+Lease within `interval`); the first as soon as the supervisor has figures. A failed request is tried again
+at the next renewal, not later: a backoff past three intervals would make a supervisor that lived through a
+short API outage look lost; only the error log backs off (the 1st, 2nd, 4th, 8th ... failure in a row).
+`leaseDurationSeconds` is three intervals, so one lost request does not make the supervisor look lost.
 
 Deliberately not here: reading Leases back (that is the operator's business) and leader election.
 """
@@ -34,7 +40,7 @@ import math
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +58,6 @@ ANNOTATIONS = {
     protocol.REPORT_LAST_OUTPUT: "last-output",
 }
 REQUEST_TIMEOUT_SECONDS = 5.0
-MAX_BACKOFF_SECONDS = 300.0
 
 Log = Callable[..., None]
 
@@ -103,8 +108,10 @@ class Heartbeat:
         wall: Callable[[], float] = time.time,
         timeout: float = REQUEST_TIMEOUT_SECONDS,
         pod_uid: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> None:
         self._pod_uid = pod_uid
+        self._labels = dict(labels or {})
         url = _server_url(server)
         if url is None:
             raise ValueError(f"the API server {server!r}: expected http(s)://host[:port]")
@@ -135,6 +142,8 @@ class Heartbeat:
         pod_name: str | None,
         namespace: str | None,
         pod_uid: str | None = None,
+        dispatch: str | None = None,
+        attempt: str | None = None,
         server: str | None,
         token_file: str,
         ca_file: str | None,
@@ -163,11 +172,18 @@ class Heartbeat:
             log("heartbeat-off", reason=f"the API server {server!r} is not http(s)://host[:port]")
             return None
         ca = Path(ca_file) if ca_file else token.parent / "ca.crt"
+        labels = {}
+        if dispatch:
+            # The operator finds the Lease by its dispatch label: the name (the marker is `namespace/name`).
+            labels[names.DISPATCH_LABEL] = dispatch.rpartition("/")[2]
+        if attempt:
+            labels[names.ATTEMPT_LABEL] = attempt
         return cls(
             server=server,
             namespace=namespace,
             name=pod_name,
             pod_uid=pod_uid,
+            labels=labels,
             token_file=token,
             ca_file=ca if ca.is_file() else None,
             interval=interval,
@@ -190,28 +206,35 @@ class Heartbeat:
     # -- the thread ------------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        sent: LeaseStatus | None = None
+        sent = False
         failures = 0
         while True:
-            # Wake on a change, or when the Lease is due for renewal anyway.
-            self._changed.wait(timeout=self._interval)
-            self._changed.clear()
             with self._lock:
                 status = self._latest
             if status is None:
+                # No figures yet: the first write goes out as soon as there are.
+                self._changed.wait(timeout=self._interval)
+                self._changed.clear()
                 continue
+            self._changed.clear()
+            began = time.monotonic()
             try:
                 self._send(status)
             except Exception as error:  # whatever goes wrong, supervision goes on
                 failures += 1
-                backoff = min(self._interval * 2**failures, MAX_BACKOFF_SECONDS)
-                self._log("heartbeat-error", error=f"{type(error).__name__}: {error}", retrySeconds=backoff)
-                time.sleep(backoff)
-                continue
-            if failures or sent is None:
-                self._log("heartbeat", lease=f"{self._namespace}/{self._name}")
-            failures, sent = 0, status
-            time.sleep(self._interval)
+                if failures & (failures - 1) == 0:  # the 1st, 2nd, 4th, 8th ... failure in a row
+                    self._log(
+                        "heartbeat-error",
+                        error=f"{type(error).__name__}: {error}",
+                        failures=failures,
+                        retrySeconds=self._interval,
+                    )
+            else:
+                if failures or not sent:
+                    self._log("heartbeat", lease=f"{self._namespace}/{self._name}")
+                failures, sent = 0, True
+            # The next renewal one interval after this one began, whatever the request took.
+            time.sleep(max(0.0, self._interval - (time.monotonic() - began)))
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None, content_type: str) -> int:
         """One request on a fresh connection; the status, when it is a success, 404 or 409."""
@@ -251,20 +274,24 @@ class Heartbeat:
         item = names.LEASES.path(self._namespace, self._name)
         if self._exists is None:
             self._exists = self._request("GET", item, None, "application/json") != 404
+        # Every write says whose Lease it is (labels, owner): the operator trusts it only then, so a Lease
+        # someone created first under the pod's name is made the supervisor's own, or else ignored.
+        identity: dict[str, Any] = {"labels": self._labels} if self._labels else {}
+        if self._pod_uid:
+            # Owned by the pod, so the garbage collector deletes the Lease with it: one Lease per attempt
+            # would otherwise pile up in the namespace.
+            owner = {"apiVersion": "v1", "kind": "Pod", "name": self._name, "uid": self._pod_uid}
+            identity["ownerReferences"] = [owner]
         if self._exists:
-            patch = {"metadata": {"annotations": status.annotations()}, "spec": spec}
+            patch = {"metadata": {"annotations": status.annotations(), **identity}, "spec": spec}
             if self._request("PATCH", item, patch, "application/merge-patch+json") != 404:
                 return
         metadata: dict[str, Any] = {
             "name": self._name,
             "namespace": self._namespace,
             "annotations": status.annotations(),
+            **identity,
         }
-        if self._pod_uid:
-            # Owned by the pod, so the garbage collector deletes the Lease with it: one Lease per attempt
-            # would otherwise pile up in the namespace.
-            owner = {"apiVersion": "v1", "kind": "Pod", "name": self._name, "uid": self._pod_uid}
-            metadata["ownerReferences"] = [owner]
         lease = {
             "apiVersion": f"{names.LEASES.group}/{names.LEASES.version}",
             "kind": "Lease",

@@ -72,6 +72,11 @@ REPORT_TIMES: Final = (REPORT_DEADLINE, REPORT_DEADLINE_CAP, REPORT_LAST_ACTIVIT
 # not a figure the status mirrors, so not among REPORT_FIELDS. At most this long, so the message fits.
 REPORT_RESUME_TOKEN: Final = "resumeToken"
 MAX_RESUME_TOKEN_BYTES: Final = 2048
+# How many times the supervisor moved the deadline, and by how many seconds in all: in its termination
+# message only, as JSON numbers (so not among REPORT_FIELDS), for the operator's metrics. A restarted
+# supervisor counts from its own start.
+REPORT_EXTENSIONS: Final = "deadlineExtensions"
+REPORT_EXTENDED_SECONDS: Final = "deadlineExtendedSeconds"
 # What kept a session alive last: its CPU, a connection to the API endpoint, or its output growing.
 ACTIVITY_REASONS: Final = ("cpu", "api-connection", "output")
 
@@ -268,6 +273,19 @@ def read_report_resume_token(value: object) -> str | None:
     if not isinstance(token, str) or not token or len(token.encode()) > MAX_RESUME_TOKEN_BYTES:
         return None
     return token
+
+
+def read_report_extensions(value: object) -> tuple[int, float]:
+    """The deadline extensions a decoded termination message reports, and their seconds; (0, 0.0) when it
+    reports none (an older supervisor, no report, values that are not non-negative numbers)."""
+    if not isinstance(value, dict):
+        return 0, 0.0
+    count, seconds = value.get(REPORT_EXTENSIONS), value.get(REPORT_EXTENDED_SECONDS)
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        return 0, 0.0
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not math.isfinite(seconds):
+        return count, 0.0
+    return count, max(0.0, float(seconds))
 
 
 def read_report(value: object) -> dict[str, str]:

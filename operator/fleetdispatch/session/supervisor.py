@@ -28,8 +28,10 @@ can only shorten its own budget, never pass the cap.
 State files are read through `protocol`'s guarded readers (no FIFO, symlink or file over 64 KiB is read);
 what they ignore is logged as a warning.
 
-It marks itself non-dumpable at start, so the session, which runs as the same UID, cannot read its memory,
-environment or heartbeat token through `/proc`.
+It is marked non-dumpable at start (`nondumpable`: `fleetdispatch supervise` does it before any other
+import), so the session, which runs as the same UID, cannot read its memory, environment or heartbeat token
+through `/proc`. The window left is the interpreter's start; a startup probe that holds the session back
+until then would close it (not done: the dev node runs no probes).
 
 The loop is synchronous and simple; clocks and sleep are constructor parameters so that tests drive it
 without waiting. Its concurrency is plain threads (the heartbeat's, the name resolver's) and a signal
@@ -45,7 +47,6 @@ Deliberately not here: any judgement (`deadline`), reading `/proc` (`probes`), H
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -74,9 +75,9 @@ from fleetdispatch.session.deadline import (
     resumed_state,
 )
 from fleetdispatch.session.heartbeat import Heartbeat, LeaseStatus
+from fleetdispatch.session.nondumpable import set_non_dumpable
 from fleetdispatch.session.probes import YOUNG_SECONDS, SessionProbe
 
-PR_SET_DUMPABLE = 4
 # While waiting for stopped processes to exit, look this often (or each poll, when polls are shorter).
 EXIT_POLL_SECONDS = 0.2
 # A resume token longer than this is left out of the outcome: with it the outcome would exceed the
@@ -114,17 +115,6 @@ class JsonLog:
             self._out.flush()
 
 
-def set_non_dumpable() -> bool:
-    """`prctl(PR_SET_DUMPABLE, 0)`; False where there is no prctl (not Linux)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)) == 0
-    except (OSError, AttributeError):
-        return False
-
-
 class Supervisor:
     """One attempt's supervision; `run()` returns the exit code."""
 
@@ -141,6 +131,7 @@ class Supervisor:
     ) -> None:
         self._config = config
         self._state_dir = Path(config.state_dir)
+        self._extensions, self._extended_seconds = 0, 0.0  # this supervisor's, for its report
         self._log = log or JsonLog(sys.stdout, wall)
         self._probe: Probe = probe or session_probe(config, self._warn)
         self._heartbeat = heartbeat
@@ -260,6 +251,8 @@ class Supervisor:
                 return self._stop(judgement, state)
             self._beat(state)
             if isinstance(judgement, Continue) and judgement.extended_from is not None:
+                self._extensions += 1
+                self._extended_seconds += state.deadline - judgement.extended_from
                 self._publish_deadline(state.deadline)
                 self._log(
                     "extended",
@@ -278,7 +271,8 @@ class Supervisor:
 
     def _report(self, state: State, outcome: dict[str, Any] | None = None) -> None:
         """The final figures, for the operator to mirror into the dispatch's status (`--report-file`), with
-        the outcome of a stop this supervisor decided.
+        the outcome of a stop this supervisor decided, and how often it extended the deadline (for the
+        operator's metrics).
 
         The outcome must be here, in the supervisor's own termination message: the kubelet bind-mounts a
         file of the session container's own at the session's `terminationMessagePath`, so the
@@ -289,6 +283,8 @@ class Supervisor:
         # The state's figures, never an outcome's: a figure the state does not know is left out.
         rest = {k: v for k, v in (outcome or {}).items() if k not in protocol.REPORT_FIELDS}
         report = {**rest, **self._figures(state)}
+        report[protocol.REPORT_EXTENSIONS] = self._extensions
+        report[protocol.REPORT_EXTENDED_SECONDS] = round(self._extended_seconds, 3)
         if RESUME_TOKEN_FIELD not in report:
             # The session's last resume token, so that a TERM (suspend, deletion) does not lose it.
             token = self._resume_token()
@@ -424,6 +420,8 @@ def supervise(config: SupervisorConfig) -> int:
     heartbeat = Heartbeat.from_config(
         pod_name=config.pod_name,
         pod_uid=config.pod_uid,
+        dispatch=config.dispatch,
+        attempt=config.attempt,
         namespace=config.namespace,
         server=config.api_server,
         token_file=config.token_file,
