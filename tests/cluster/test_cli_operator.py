@@ -10,6 +10,7 @@ useless, so nothing but the flags can make a login work.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -24,6 +25,8 @@ from typing import Any
 import pytest
 import yaml
 
+from fleetdispatch.client import credentials
+from fleetdispatch.client.kubeapi import KubeApi
 from fleetdispatch.devcluster.stack import OPERATOR_USER, BackgroundCluster, start_operator, stop_operator
 from operators import free_port
 
@@ -232,3 +235,27 @@ def test_an_api_server_that_answers_a_moment_late_is_logged_in_to(
         assert "Traceback" not in log.read_text()
     finally:
         forwarder.close()
+
+
+def test_insecure_skip_tls_verify_keeps_the_client_certificate(
+    cluster: BackgroundCluster, tmp_path: Path
+) -> None:
+    """`insecure-skip-tls-verify` turns off the server's verification, not the client's identity: without
+    its certificate the API server would take the caller for system:anonymous."""
+    document: dict[str, Any] = yaml.safe_load(cluster.dev.admin_kubeconfig())
+    for entry in document["clusters"]:
+        entry["cluster"].pop("certificate-authority-data", None)
+        entry["cluster"]["insecure-skip-tls-verify"] = True
+    path = tmp_path / "insecure.kubeconfig"
+    path.write_text(yaml.safe_dump(document))
+    found = credentials.from_kubeconfig(str(path), environ={})
+    assert found.insecure
+
+    async def whoami() -> str | None:
+        api = KubeApi(found)
+        try:
+            return await api.whoami()
+        finally:
+            await api.close()
+
+    assert asyncio.run(whoami()) == "fleetdispatch-admin"

@@ -218,13 +218,17 @@ class Credentials:
         return self.renewable is not None and self.renewable.due()
 
     def ssl_context(self) -> ssl.SSLContext | bool:
-        """For aiohttp: True (the system's CAs) for plain http, False when `insecure`, else a context with
-        the cluster's CA and the client certificate."""
+        """For aiohttp: True (the system's CAs) for plain http, else a context with the cluster's CA (or no
+        verification when `insecure`) and the client certificate, which `insecure` must not drop: the
+        server would then take the caller for `system:anonymous`."""
         if not self.server.startswith("https"):
             return True
         if self.insecure:
-            return False
-        context = ssl.create_default_context(cafile=self.ca_file, cadata=self.ca_data)
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        else:
+            context = ssl.create_default_context(cafile=self.ca_file, cadata=self.ca_data)
         if self.certificate_file:
             context.load_cert_chain(self.certificate_file, self.key_file)
         return context
