@@ -14,7 +14,9 @@ kopf, kubernetes or the CEL evaluator, which `validate` and the operator need.
 `operator` takes the conventions of Kubernetes tools: `--kubeconfig` and `--context` (see
 `client.credentials` for where credentials come from otherwise), `--log-level` and `--log-format text|json`
 (json: one object per line with time, level, logger and message). Credentials that are missing or do not
-work give one line on standard error and exit 1, never a traceback.
+work give one line on standard error and exit 1, never a traceback. With `--leader-election=true` it is one
+of several replicas and runs kopf only while it holds the Lease (see `controller.leadership`); by hand and
+in `dev` it is off: one process, acting alone.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from fleetdispatch import __version__
 if TYPE_CHECKING:
     import logging
 
+    from fleetdispatch.api.settings import OperatorSettings
     from fleetdispatch.client.credentials import Credentials
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
@@ -256,6 +259,25 @@ async def _log_in(found: Credentials, retry_seconds: Sequence[float] = LOGIN_RET
         await api.close()
 
 
+async def _run_elected(options: OperatorSettings, found: Credentials, namespaces: Sequence[str]) -> None:
+    """The operator as one of several replicas: kopf runs only while this one holds the Lease."""
+    from fleetdispatch.client.kubeapi import KubeApi
+    from fleetdispatch.controller import handlers, leadership
+    from fleetdispatch.controller.metrics import Metrics, api_trace
+
+    metrics = Metrics()  # the Lease's requests are the operator's too: counted with kopf's and the workers'
+    kube = KubeApi(found, user_agent="fleet-dispatch/leader-election", trace_configs=[api_trace(metrics)])
+    try:
+        await leadership.run_elected(
+            options,
+            kube,
+            found.namespace,
+            lambda: handlers.run(options, namespaces=namespaces, metrics=metrics),
+        )
+    finally:
+        await kube.close()
+
+
 def run_operator(
     namespaces: Sequence[str],
     overrides: dict[str, object],
@@ -295,7 +317,10 @@ def run_operator(
     from fleetdispatch.controller import handlers
 
     try:
-        asyncio.run(handlers.run(options, namespaces=namespaces))
+        if options.leader_election:
+            asyncio.run(_run_elected(options, found, namespaces))
+        else:
+            asyncio.run(handlers.run(options, namespaces=namespaces))
     except kopf.LoginError:  # they stopped working (revoked, expired, not renewed); kopf has logged how
         fail(f"logged out: the API server no longer accepts {found.source}")
         return 1
@@ -439,6 +464,11 @@ def _parser(command: str | None) -> tuple[argparse.ArgumentParser, argparse.Argu
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["supervise"]:
+        # First of all: until then the session (same UID) can read this process through /proc.
+        from fleetdispatch.session.nondumpable import set_non_dumpable
+
+        set_non_dumpable()
     if arguments[:1] == ["quota-guard"]:
         # The guard owns its command line (it also runs as `python -m fleetdispatch.session.quotaguard`).
         from fleetdispatch.session import quotaguard

@@ -7,7 +7,10 @@ against the Service it scrapes. The RBAC is checked twice: as rules (exact verbs
 namespace unless all namespaces are watched), and on the dev cluster's real kube-apiserver, which enforces
 it: the operator, as the chart installs it for one namespace and for all, and the supervisor's heartbeat
 run as the chart's ServiceAccounts bound to the rendered roles, and the audit log shows that none of their
-requests is refused. checkov scans the rendered chart and the Dockerfile, hadolint lints the Dockerfile,
+requests is refused. Each knob users expect (affinity, topology spread, extra env and args, the
+ServiceAccount, rbac.create, the security contexts, name overrides, log level and format, the supervisor's
+resources, the metrics Service's port) is rendered and checked, and its wrong values refused by name.
+checkov scans the rendered chart and the Dockerfile, hadolint lints the Dockerfile,
 and the build context that .dockerignore lets through builds the package; these need no cluster or Docker.
 """
 
@@ -32,7 +35,8 @@ import yaml
 
 import fleetdispatch
 from fleetdispatch.api.names import API_VERSION
-from fleetdispatch.api.settings import DEFAULT_IMAGE, ENV_PREFIX, OperatorSettings
+from fleetdispatch.api.settings import DEFAULT_IMAGE, ENV_PREFIX, OperatorSettings, SettingsError
+from fleetdispatch.core import podspec
 from fleetdispatch.devcluster import controlplane
 from fleetdispatch.devcluster.stack import (
     OPERATOR_ACCOUNT,
@@ -86,6 +90,8 @@ OPERATOR_RULES = {
     ("", "events"): {"create"},
 }
 SUPERVISOR_RULES = {("coordination.k8s.io", "leases"): {"get", "create", "patch"}}
+# With the heartbeat (on by default) the operator watches the supervisors' Leases, and lists stale ones again.
+OPERATOR_RULES = {**OPERATOR_RULES, ("coordination.k8s.io", "leases"): {"list", "watch"}}
 # --- rendering ---------------------------------------------------------------------------------------------
 
 
@@ -221,6 +227,7 @@ def test_every_rendered_manifest_is_valid(values: str) -> None:
         "Service",
         "ServiceMonitor",
         "NetworkPolicy",
+        "PodDisruptionBudget",
     }
     crds = {yaml.dump(yaml.safe_load((ROOT / "crds" / n).read_text())) for n in crd_files()}
     for doc in docs:
@@ -276,6 +283,22 @@ def test_the_values_schema_refuses_unknown_keys_everywhere() -> None:
                 yield from walk(child, f"{where}[]")
 
     assert list(walk(schema, "")) == []
+    # Kubernetes' own kinds the chart passes through (affinity, security contexts, EnvVars), strict too.
+    definitions = schema["definitions"]
+    assert {"k8s.Affinity", "k8s.SecurityContext", "k8s.PodSecurityContext", "k8s.EnvVar"} <= set(definitions)
+    assert [bad for name, child in definitions.items() for bad in walk(child, f"definitions.{name}")] == []
+
+    def refs(node: Any) -> Iterator[str]:
+        if isinstance(node, dict):
+            for key, child in node.items():
+                yield from [child] if key == "$ref" else refs(child)
+        elif isinstance(node, list):
+            for child in node:
+                yield from refs(child)
+
+    assert {ref.removeprefix("#/definitions/") for ref in refs(schema)} == set(
+        definitions
+    )  # all used, all there
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     # Every value the chart has is in the schema (and the other way round).
     assert set(values) | {"global"} == set(schema["properties"])
@@ -304,7 +327,6 @@ def test_a_wrong_value_is_refused_by_name(setting: str, message: str) -> None:
     ("sets", "message"),
     [
         (("watch.allNamespaces=true", "watch.namespaces={team-a}"), "leave watch.namespaces empty"),
-        (("watch.allNamespaces=true", "heartbeat.enabled=true"), "heartbeat.namespaces"),
         (("supervisor.image.tag=1.0",), "supervisor.image.repository"),
         (("metrics.port=8081",), "metrics.port and operator.healthPort must differ"),
     ],
@@ -322,13 +344,14 @@ def test_contradicting_values_fail_with_a_message(sets: tuple[str, ...], message
 def test_by_default_a_role_in_the_release_namespace_and_nothing_cluster_wide() -> None:
     docs = render()
     assert of_kind(docs, "ClusterRole") == of_kind(docs, "ClusterRoleBinding") == []
-    [role] = of_kind(docs, "Role")
+    # The operator's own (the heartbeat's account, Role and binding are the next test's).
+    [role] = [r for r in of_kind(docs, "Role") if r["metadata"]["name"] == FULLNAME]
     assert role["metadata"]["namespace"] == RELEASE_NAMESPACE
     assert rules_of(role) == OPERATOR_RULES
-    [binding] = of_kind(docs, "RoleBinding")
+    [binding] = [b for b in of_kind(docs, "RoleBinding") if b["metadata"]["name"] == FULLNAME]
     assert binding["metadata"]["namespace"] == RELEASE_NAMESPACE
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": FULLNAME}
-    [account] = of_kind(docs, "ServiceAccount")
+    [account] = [a for a in of_kind(docs, "ServiceAccount") if a["metadata"]["name"] == FULLNAME]
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": RELEASE_NAMESPACE}
     ]
@@ -360,7 +383,11 @@ def test_all_namespaces_is_a_cluster_role_and_no_namespace_flag() -> None:
         "name": FULLNAME,
         "namespace": RELEASE_NAMESPACE,
     }
-    assert of_kind(docs, "Role") == []
+    # Only the leader election's, in the release namespace: nothing else is namespaced.
+    roles = of_kind(docs, "Role")
+    assert [(r["metadata"]["name"], r["metadata"]["namespace"]) for r in roles] == [
+        (f"{FULLNAME}-leader-election", RELEASE_NAMESPACE)
+    ]
     assert watched_namespaces(docs) == []
     assert "--verbose" in operator_container(docs)["args"]
 
@@ -379,12 +406,17 @@ def test_the_heartbeat_account_may_only_write_leases_in_each_dispatch_namespace(
     for binding in (b for b in of_kind(docs, "RoleBinding") if b["metadata"]["name"] == name):
         namespace = binding["metadata"]["namespace"]
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]
-    # Off by default: no account, and the operator runs pods without one.
-    assert f"{ENV_PREFIX}HEARTBEAT_SERVICE_ACCOUNT" not in env_of(render())
+    # On by default; off: no account, and the operator runs pods without one.
+    assert env_of(render())[f"{ENV_PREFIX}HEARTBEAT_SERVICE_ACCOUNT"] == name
+    assert f"{ENV_PREFIX}HEARTBEAT_SERVICE_ACCOUNT" not in env_of(render(None, "heartbeat.enabled=false"))
     cluster_wide = render(
         "all-namespaces-values.yaml", "heartbeat.enabled=true", "heartbeat.namespaces={x,y}"
     )
-    assert sorted(r["metadata"]["namespace"] for r in of_kind(cluster_wide, "Role")) == ["x", "y"]
+    supervisor_roles = [r for r in of_kind(cluster_wide, "Role") if r["metadata"]["name"] == name]
+    assert sorted(r["metadata"]["namespace"] for r in supervisor_roles) == ["x", "y"]
+    # Watching all namespaces without a list: no account anywhere (pods run without the heartbeat).
+    anywhere = of_kind(render("all-namespaces-values.yaml"), "ServiceAccount")
+    assert [a for a in anywhere if a["metadata"]["name"] == name] == []
 
 
 # --- the operator's Deployment -------------------------------------------------------------------------
@@ -394,7 +426,14 @@ def test_the_heartbeat_account_may_only_write_leases_in_each_dispatch_namespace(
 def test_the_defaults_are_the_operators_own() -> None:
     docs = render()
     settings = OperatorSettings.from_env(env_of(docs))
-    assert settings == OperatorSettings()
+    # The heartbeat and leader election are the chart's defaults (the operator alone cannot know the
+    # account's name, nor that it runs as several replicas, nor its release's Lease).
+    assert settings == OperatorSettings(
+        heartbeat_service_account="fleet-dispatch-supervisor",
+        leader_election=True,
+        leader_election_lease=FULLNAME,
+        leader_election_namespace=RELEASE_NAMESPACE,
+    )
     assert all(name.startswith(ENV_PREFIX) for name in env_of(docs))
 
 
@@ -406,6 +445,7 @@ def test_every_operator_setting_is_a_value() -> None:
     settings = OperatorSettings.from_env(env)
     assert settings.supervisor_image == "registry.example.com/fleet/supervisor:0.1.0-custom"
     assert settings.supervisor_image_pull_policy == "Always"
+    assert settings.supervisor_cpu_limit == "500m"
     assert operator_container(docs)["image"].endswith(
         "@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
     )
@@ -415,8 +455,8 @@ def test_every_operator_setting_is_a_value() -> None:
 
 
 @needs_helm
-def test_one_replica_replaced_not_rolled() -> None:
-    spec = deployment(render())["spec"]
+def test_one_replica_without_leader_election_is_replaced_not_rolled() -> None:
+    spec = deployment(render(None, "replicas=1", "leaderElection.enabled=false"))["spec"]
     assert spec["replicas"] == 1
     assert spec["strategy"] == {"type": "Recreate"}
     assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
@@ -454,8 +494,13 @@ def test_probes_and_metrics_use_the_operators_ports() -> None:
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     [service] = of_kind(docs, "Service")
+    # The Service's own port (metrics.service.port) forwards to the container's, by name.
     assert service["spec"]["ports"] == [
-        {"name": "metrics", "port": 9002, "targetPort": "metrics", "protocol": "TCP"}
+        {"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+    [moved] = of_kind(render(None, "metrics.service.port=9100"), "Service")
+    assert moved["spec"]["ports"] == [
+        {"name": "metrics", "port": 9100, "targetPort": "metrics", "protocol": "TCP"}
     ]
     assert (
         service["spec"]["selector"].items()
@@ -464,6 +509,234 @@ def test_probes_and_metrics_use_the_operators_ports() -> None:
     off = render(None, "metrics.enabled=false", "metrics.serviceMonitor.enabled=true", monitoring=True)
     assert env_of(off)[f"{ENV_PREFIX}METRICS_PORT"] == "0"
     assert of_kind(off, "Service") == of_kind(off, "ServiceMonitor") == []
+
+
+# --- the knobs users expect ----------------------------------------------------------------------------
+
+RESTRICTED_POD = {
+    "runAsNonRoot": True,
+    "runAsUser": 65532,
+    "runAsGroup": 65532,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+RESTRICTED_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "readOnlyRootFilesystem": True,
+    **RESTRICTED_POD,
+}
+
+
+def pod_spec(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return dict(deployment(docs)["spec"]["template"]["spec"])
+
+
+def valid_on_every_version(doc: dict[str, Any]) -> None:
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+@needs_helm
+def test_affinity_and_topology_spread_are_the_pods_and_a_constraint_gets_the_pods_selector() -> None:
+    assert {"affinity", "topologySpreadConstraints"}.isdisjoint(pod_spec(render()))
+    anti = {
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname"}}
+            ]
+        }
+    }
+    zone = "topology.kubernetes.io/zone"
+    own = {"matchExpressions": [{"key": "tier", "operator": "Exists"}]}
+    docs = render(
+        None,
+        "affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].weight=100",
+        "affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].podAffinityTerm"
+        ".topologyKey=kubernetes.io/hostname",
+        f"topologySpreadConstraints[0].topologyKey={zone}",
+        "topologySpreadConstraints[0].maxSkew=1",
+        "topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
+        "topologySpreadConstraints[1].topologyKey=kubernetes.io/hostname",
+        "topologySpreadConstraints[1].maxSkew=2",
+        "topologySpreadConstraints[1].whenUnsatisfiable=DoNotSchedule",
+        "topologySpreadConstraints[1].labelSelector.matchExpressions[0].key=tier",
+        "topologySpreadConstraints[1].labelSelector.matchExpressions[0].operator=Exists",
+    )
+    spec = pod_spec(docs)
+    assert spec["affinity"] == anti
+    selector = deployment(docs)["spec"]["selector"]
+    assert spec["topologySpreadConstraints"] == [
+        {"maxSkew": 1, "topologyKey": zone, "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": selector},
+        {
+            "maxSkew": 2,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "DoNotSchedule",
+            "labelSelector": own,
+        },
+    ]
+    valid_on_every_version(deployment(docs))
+    refused = helm(*template_args(None, "affinity.podAntiAffinity.bogus=1"), check=False)
+    assert refused.returncode != 0 and "bogus" in refused.stderr, refused.stderr
+
+
+@needs_helm
+def test_extra_env_and_args_come_after_the_charts_own() -> None:
+    plain = operator_container(render())
+    docs = render(
+        None,
+        "extraEnv[0].name=HTTPS_PROXY",
+        "extraEnv[0].value=http://proxy:3128",
+        "extraEnv[1].name=NODE",
+        "extraEnv[1].valueFrom.fieldRef.fieldPath=spec.nodeName",
+        "extraArgs={--context,ops}",
+    )
+    container = operator_container(docs)
+    assert container["env"][: len(plain["env"])] == plain["env"]
+    assert container["env"][len(plain["env"]) :] == [
+        {"name": "HTTPS_PROXY", "value": "http://proxy:3128"},
+        {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+    ]
+    assert container["args"] == [*plain["args"], "--context", "ops"]
+    valid_on_every_version(deployment(docs))
+    refused = helm(*template_args(None, "extraEnv[0].value=x"), check=False)
+    assert refused.returncode != 0 and "name" in refused.stderr, refused.stderr
+
+
+@needs_helm
+def test_the_service_account_is_created_named_and_annotated_or_an_existing_one_is_used() -> None:
+    [account] = [a for a in of_kind(render(), "ServiceAccount") if a["metadata"]["name"] == FULLNAME]
+    assert "annotations" not in account["metadata"]
+    docs = render(
+        None,
+        "serviceAccount.name=ops",
+        "serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::1:role/ops",
+    )
+    [account] = [a for a in of_kind(docs, "ServiceAccount") if a["metadata"]["name"] == "ops"]
+    assert account["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/ops"}
+    assert pod_spec(docs)["serviceAccountName"] == "ops"
+    existing = render(None, "serviceAccount.create=false", "serviceAccount.name=platform-ops")
+    assert [a["metadata"]["name"] for a in of_kind(existing, "ServiceAccount")] == [
+        "fleet-dispatch-supervisor"  # the heartbeat's, not the operator's
+    ]
+    assert pod_spec(existing)["serviceAccountName"] == "platform-ops"
+    bound = {
+        s["name"]
+        for b in of_kind(existing, "RoleBinding")
+        if b["metadata"]["name"].startswith(FULLNAME)
+        for s in b["subjects"]
+    }
+    assert bound == {"platform-ops"}
+    # Never the namespace's default account: every pod running as it would get the operator's rules.
+    refused = helm(*template_args(None, "serviceAccount.create=false"), check=False)
+    assert refused.returncode != 0
+    assert "name the existing ServiceAccount" in refused.stderr, refused.stderr
+
+
+@needs_helm
+@pytest.mark.parametrize("values", CI_VALUES)
+def test_rbac_create_false_renders_no_role_or_binding_anywhere(values: str) -> None:
+    with_rbac = render(values, "heartbeat.enabled=true", "heartbeat.namespaces={x}")
+    rbac = {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
+    assert rbac & {d["kind"] for d in with_rbac}
+    docs = render(values, "heartbeat.enabled=true", "heartbeat.namespaces={x}", "rbac.create=false")
+    assert not rbac & {d["kind"] for d in docs}
+    # The rest is as it was: the accounts, the Deployment.
+    assert [d for d in with_rbac if d["kind"] not in rbac] == docs
+
+
+@needs_helm
+def test_the_security_contexts_are_restricted_by_default_and_overridable() -> None:
+    spec = pod_spec(render())
+    assert spec["securityContext"] == RESTRICTED_POD
+    [container] = spec["containers"]
+    assert container["securityContext"] == RESTRICTED_CONTAINER
+    docs = render(
+        None,
+        "podSecurityContext.fsGroup=2000",
+        "podSecurityContext.runAsUser=1000",
+        "securityContext.runAsUser=1000",
+        "securityContext.readOnlyRootFilesystem=null",
+    )
+    spec = pod_spec(docs)
+    # Merged: the keys given change, the rest of the restricted default stays; null removes a key.
+    assert spec["securityContext"] == {**RESTRICTED_POD, "fsGroup": 2000, "runAsUser": 1000}
+    [container] = spec["containers"]
+    expected = {k: v for k, v in RESTRICTED_CONTAINER.items() if k != "readOnlyRootFilesystem"}
+    assert container["securityContext"] == {**expected, "runAsUser": 1000}
+    valid_on_every_version(deployment(docs))
+    refused = helm(*template_args(None, "securityContext.runAsUsr=1"), check=False)
+    assert refused.returncode != 0 and "runAsUsr" in refused.stderr, refused.stderr
+
+
+@needs_helm
+def test_name_and_fullname_overrides_name_every_resource() -> None:
+    def names_of(docs: list[dict[str, Any]]) -> set[str]:
+        return {
+            d["metadata"]["name"]
+            for d in docs
+            if d["kind"] != "CustomResourceDefinition"
+            and d["metadata"]["name"] != "fleet-dispatch-supervisor"
+        }
+
+    assert all(name.startswith(FULLNAME) for name in names_of(render()))
+    renamed = render(None, "nameOverride=dispatcher")
+    assert all(name.startswith(f"{RELEASE}-dispatcher") for name in names_of(renamed))
+    assert deployment(renamed)["metadata"]["labels"]["app.kubernetes.io/name"] == "dispatcher"
+    assert deployment(renamed)["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == "dispatcher"
+    full = render(None, "fullnameOverride=fleet")
+    assert names_of(full) and all(
+        name.startswith("fleet") and not name.startswith(RELEASE) for name in names_of(full)
+    )
+    assert deployment(full)["metadata"]["name"] == "fleet"
+    assert pod_spec(full)["serviceAccountName"] == "fleet"
+    refused = helm(*template_args(None, "fullnameOverride=Not_A_Name"), check=False)
+    assert refused.returncode != 0 and "fullnameOverride" in refused.stderr, refused.stderr
+
+
+@needs_helm
+def test_the_log_level_and_format_are_the_operators_flags_and_it_takes_them(tmp_path: Path) -> None:
+    assert not [a for a in operator_container(render())["args"] if a.startswith("--log-")]
+    args = operator_container(render(None, "operator.logLevel=WARNING", "operator.logFormat=json"))["args"]
+    assert args[-2:] == ["--log-level=WARNING", "--log-format=json"]
+    # The operator as the chart runs it, with no cluster to log in to: its one fatal line is JSON.
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "fleetdispatch"), *args, f"--kubeconfig={tmp_path / 'none'}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    [line] = result.stderr.splitlines()
+    assert json.loads(line)["level"] == "ERROR", line
+    refused = helm(*template_args(None, "operator.logFormat=xml"), check=False)
+    assert refused.returncode != 0 and "logFormat" in refused.stderr, refused.stderr
+
+
+@needs_helm
+def test_the_supervisor_resources_reach_the_pods_the_operator_builds() -> None:
+    default = OperatorSettings.from_env(env_of(render()))
+    assert podspec.supervisor_resources(default) == podspec.supervisor_resources(OperatorSettings())
+    tuned = OperatorSettings.from_env(
+        env_of(
+            render(
+                None,
+                "supervisor.resources.requests.cpu=50m",
+                "supervisor.resources.requests.memory=48Mi",
+                "supervisor.resources.limits.memory=128Mi",
+                "supervisor.resources.limits.cpu=1",
+            )
+        )
+    )
+    assert podspec.supervisor_resources(tuned) == {
+        "requests": {"cpu": "50m", "memory": "48Mi"},
+        "limits": {"memory": "128Mi", "cpu": "1"},
+    }
+    # A limit below its request: the operator refuses to start, naming the setting.
+    with pytest.raises(SettingsError, match="SUPERVISOR_MEMORY_LIMIT: 16Mi is less than"):
+        OperatorSettings.from_env(env_of(render(None, "supervisor.resources.limits.memory=16Mi")))
+    refused = helm(*template_args(None, "supervisor.resources.limits.memory=lots"), check=False)
+    assert refused.returncode != 0 and "memory" in refused.stderr, refused.stderr
 
 
 @needs_helm
@@ -601,6 +874,10 @@ RULES_NOT_EXERCISED = {
     ("fleet.dispatch.dev", "fleetdispatches", "get"),
     ("", "pods", "get"),
     ("fleet.dispatch.dev", "fleetdispatches/finalizers", "update"),
+    # Only with the heartbeat, whose account the chart passes in the operator's environment, not its args
+    # (these tests run the operator with the args); tests/cluster/test_operator_live.py exercises them.
+    ("coordination.k8s.io", "leases", "list"),
+    ("coordination.k8s.io", "leases", "watch"),
 }
 
 
@@ -659,7 +936,8 @@ def test_the_operator_watching_one_namespace_is_never_refused(
     cluster: BackgroundCluster, tmp_path: Path
 ) -> None:
     ns = Namespace(cluster, "chart-rbac-team", runtime="none")
-    docs = render(None, f"watch.namespaces={{{ns.name}}}")
+    # One replica acting alone: this test runs the operator without leader election.
+    docs = render(None, f"watch.namespaces={{{ns.name}}}", "replicas=1", "leaderElection.enabled=false")
     identity = identity_docs(docs, FULLNAME)
     assert sorted(d["kind"] for d in identity) == ["Role", "RoleBinding", "ServiceAccount"]
     assert {d["metadata"]["namespace"] for d in identity if d["kind"] != "ServiceAccount"} == {ns.name}

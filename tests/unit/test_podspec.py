@@ -628,6 +628,7 @@ def test_the_supervisor_command_round_trips_with_the_heartbeat() -> None:
         namespace="team-a",
         token_file="/var/run/fleet-token/token",
         ca_file="/var/run/fleet-token/ca.crt",
+        heartbeat_seconds=HEARTBEAT.heartbeat_seconds,
     )
 
 

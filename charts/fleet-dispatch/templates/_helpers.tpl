@@ -1,15 +1,21 @@
 {{/* Names, labels and the few values every template derives the same way. */}}
 
 {{- define "fleet-dispatch.name" -}}
-{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* The release's full name: the release name, with the chart's appended unless it already contains it. */}}
+{{/* The release's full name: fullnameOverride, else the release name with the chart's name (or
+nameOverride) appended unless it already contains it. */}}
 {{- define "fleet-dispatch.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "fleet-dispatch.name" . -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
@@ -28,8 +34,17 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: fleet-dispatch
 {{- end -}}
 
+{{/* The operator's ServiceAccount: the chart's (named as the release unless serviceAccount.name says), or an
+existing one, which must be named: binding the operator's rules to the namespace's "default" account would
+hand them to every pod there that runs as it. */}}
 {{- define "fleet-dispatch.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
 {{- default (include "fleet-dispatch.fullname" .) .Values.serviceAccount.name -}}
+{{- else if .Values.serviceAccount.name -}}
+{{- .Values.serviceAccount.name -}}
+{{- else -}}
+{{- fail "serviceAccount.name: with serviceAccount.create false, name the existing ServiceAccount the operator runs as" -}}
+{{- end -}}
 {{- end -}}
 
 {{/* repository:tag, or repository@digest when a digest is set. Argument: (dict "image" IMAGE "appVersion" DEFAULT-TAG). */}}
@@ -77,7 +92,8 @@ app.kubernetes.io/part-of: fleet-dispatch
 {{- if .Values.heartbeat.namespaces -}}
 {{- .Values.heartbeat.namespaces | uniq | toJson -}}
 {{- else if .Values.watch.allNamespaces -}}
-{{- fail "heartbeat.namespaces: with watch.allNamespaces, list the namespaces where dispatches run (each gets the supervisor's ServiceAccount; a dispatch elsewhere could not start its pod)" -}}
+{{- /* None: the chart cannot create one in every namespace; pods elsewhere run without the heartbeat. */ -}}
+{{- list | toJson -}}
 {{- else -}}
 {{- include "fleet-dispatch.watchNamespaces" . -}}
 {{- end -}}
@@ -106,4 +122,9 @@ app.kubernetes.io/part-of: fleet-dispatch
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+{{- if .Values.heartbeat.enabled }}
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [list, watch]
+{{- end }}
 {{- end -}}

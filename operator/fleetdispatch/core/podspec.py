@@ -33,7 +33,8 @@ section 2 asks for and nothing else:
   not defaulted off for a container that is `privileged` or adds `SYS_ADMIN`, because the API server
   refuses that combination: a default must never make a valid template invalid. The supervisor runs as
   the session's effective UID and GID (it must read the session's `/proc/PID/io` and signal it) with a
-  read-only root filesystem and no capabilities.
+  read-only root filesystem and no capabilities. Its requests and limits are the operator's settings
+  (`supervisor_resources`: 10m CPU and 32 MiB requested, 64 MiB limit, by default).
 - The optional Lease heartbeat, on when `settings.heartbeat_service_account` is set: the pod runs as that
   account, and a projected token (plus the cluster CA) is mounted read-only into the supervisor alone at
   `/var/run/fleet-token`. The pod's name and namespace go to the supervisor as flags (the name is known
@@ -79,10 +80,6 @@ CA_FILE = f"{TOKEN_DIR}/ca.crt"
 TOKEN_EXPIRATION_SECONDS = 3600
 OUTCOME_PATH = f"{names.STATE_DIR}/{protocol.OUTCOME_FILE}"
 RESERVED_ENV_PREFIX = "FLEET_"
-SUPERVISOR_RESOURCES: Mapping[str, Mapping[str, str]] = {
-    "requests": {"cpu": "10m", "memory": "32Mi"},
-    "limits": {"memory": "64Mi"},
-}
 
 _TEMPLATE = "spec.template.spec"
 _RESERVED_VOLUMES = {
@@ -117,6 +114,15 @@ def pod_name(dispatch_name: str, attempt: int) -> str:
     if attempt < 1:
         raise ValueError(f"attempts are numbered from 1, got {attempt}")
     return f"{dispatch_name}-{attempt}"
+
+
+def supervisor_resources(settings: OperatorSettings) -> dict[str, dict[str, str]]:
+    """The supervisor sidecar's requests and limits (`settings.supervisor_*`); no CPU limit unless set."""
+    limits = {"memory": settings.supervisor_memory_limit}
+    if settings.supervisor_cpu_limit is not None:
+        limits["cpu"] = settings.supervisor_cpu_limit
+    requests = {"cpu": settings.supervisor_cpu_request, "memory": settings.supervisor_memory_request}
+    return {"requests": requests, "limits": limits}
 
 
 def check_template(spec: models.FleetDispatchSpec) -> None:
@@ -174,14 +180,16 @@ def build_pod(  # noqa: PLR0917 - one argument per input of the pure function, a
     for container in [*containers, *init_containers]:
         _harden(container)
 
-    config = _supervisor_config(ref, spec, request.attempt, name if heartbeat_account else None)
+    config = _supervisor_config(
+        ref, spec, request.attempt, name if heartbeat_account else None, settings.heartbeat_seconds
+    )
     supervisor: dict[str, Any] = {
         "name": names.SUPERVISOR_CONTAINER,
         "image": settings.supervisor_image,
         "imagePullPolicy": settings.supervisor_image_pull_policy,
         "restartPolicy": "Always",
         "command": ["fleetdispatch", "supervise", *(_literal(arg) for arg in config.to_args())],
-        "resources": copy.deepcopy(dict(SUPERVISOR_RESOURCES)),
+        "resources": supervisor_resources(settings),
         "securityContext": _supervisor_security(pod_security, session_security),
         "volumeMounts": [dict(state_mount)],
         # Its final figures (the extended deadline, the last activity) reach the operator this way.
@@ -403,7 +411,11 @@ def _token_volume() -> dict[str, Any]:
 
 
 def _supervisor_config(
-    ref: DispatchRef, spec: models.FleetDispatchSpec, attempt: int, heartbeat_pod: str | None
+    ref: DispatchRef,
+    spec: models.FleetDispatchSpec,
+    attempt: int,
+    heartbeat_pod: str | None,
+    heartbeat_seconds: float = SupervisorConfig.heartbeat_seconds,
 ) -> SupervisorConfig:
     timeouts, activity = spec.timeouts, spec.activity
     config = SupervisorConfig(
@@ -425,7 +437,12 @@ def _supervisor_config(
     if heartbeat_pod is None:
         return config
     return dataclasses.replace(
-        config, pod_name=heartbeat_pod, namespace=ref.namespace, token_file=TOKEN_FILE, ca_file=CA_FILE
+        config,
+        pod_name=heartbeat_pod,
+        namespace=ref.namespace,
+        token_file=TOKEN_FILE,
+        ca_file=CA_FILE,
+        heartbeat_seconds=heartbeat_seconds,
     )
 
 

@@ -10,9 +10,13 @@
   termination message file is bind-mounted at its ``terminationMessagePath``; one PID namespace per pod
   with a pause process as PID 1 when ``shareProcessNamespace: true`` (else one per container);
   ``runAsUser``/``runAsGroup``/supplemental groups, no new privileges and dropped capabilities as the pod
-  asks. Images are not pulled: a container runs this machine's programs (``command`` is required), with
-  ``PATH`` starting at this Python's scripts folder (the operator image's ``fleetdispatch``). Everything a
-  container starts, daemonised or not, stays in its mount namespace and dies with it.
+  asks. Images are not pulled: a container runs this machine's programs, with ``PATH`` starting at this
+  Python's scripts folder (where the operator image has ``fleetdispatch``). A container without
+  ``command`` runs its image's entrypoint, as a container runtime would, only for the images of
+  :data:`IMAGE_ENTRYPOINTS` (by repository, any tag or digest: the project's image runs ``fleetdispatch``,
+  its Dockerfile's ``ENTRYPOINT``; ``NodeAgent(images=...)`` gives another table); for any other image
+  ``command`` is required. Everything a container starts, daemonised or not, stays in its mount namespace
+  and dies with it.
 * **Order as the kubelet's**: init containers in spec order (a native sidecar, ``restartPolicy: Always``,
   is started and left running; an ordinary one must exit 0), then the main containers together; when they
   have all exited the sidecars are stopped (TERM, KILL after ``terminationGracePeriodSeconds``), last.
@@ -59,6 +63,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import aiohttp
 from aiohttp import web
 
 from fleetdispatch.api import names
@@ -90,14 +95,41 @@ START_ERROR_EXIT_CODE = 128
 LEASE_SECONDS = 40
 LEASE_RENEW_SECONDS = 10.0
 NODE_STATUS_SECONDS = 60.0
+STATUS_WRITE_TRIES = 120  # a pod status write, retried every retry_seconds through an outage
 CAPACITY = {"cpu": "64", "memory": "256Gi", "pods": "100000", "ephemeral-storage": "1Ti"}
 NO_COMMAND = (
-    "the dev cluster's node runs this machine's programs and does not pull images, so there is no image "
-    "entrypoint to fall back on: set {field}.command (and args) to a program available on this machine"
+    "the dev cluster's node runs this machine's programs and does not pull images, so it knows the "
+    "entrypoint of no image but {known}: set {field}.command (and args) to a program available on this "
+    "machine"
 )
 _KILL_WAIT_SECONDS = 5.0
 _READY_WAIT_SECONDS = 10.0
 Role = Literal["sidecar", "init", "main"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageEntrypoint:
+    """What an image runs when a container gives no ``command``: its ``ENTRYPOINT`` and ``CMD``."""
+
+    entrypoint: tuple[str, ...]
+    cmd: tuple[str, ...] = ()
+
+    def argv(self, command: list[str], args: list[str]) -> list[str]:
+        """The container's command line, by Kubernetes' rule: ``command`` replaces the entrypoint and the
+        image's ``CMD``; ``args`` alone replace the ``CMD``."""
+        if command:
+            return [*command, *args]
+        return [*self.entrypoint, *(args or self.cmd)]
+
+
+# The images whose entrypoint the node knows, by repository: the node pulls nothing, so it cannot read an
+# image's configuration; it runs the machine's program of the same name instead, whatever the tag or digest
+# (this machine's version of it). The project's image (the chart's `image.repository`): the Dockerfile's
+# ENTRYPOINT ["fleetdispatch"] and CMD ["--help"].
+PROJECT_IMAGE = "ghcr.io/fleet-dispatch/fleet-dispatch"
+IMAGE_ENTRYPOINTS: Mapping[str, ImageEntrypoint] = {
+    PROJECT_IMAGE: ImageEntrypoint(entrypoint=("fleetdispatch",), cmd=("--help",)),
+}
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +226,7 @@ class NodeAgent:
         mode: Mode = "local",
         retry_seconds: float = 1.0,
         shutdown_grace_seconds: float = 2.0,
+        images: Mapping[str, ImageEntrypoint] = IMAGE_ENTRYPOINTS,
     ) -> None:
         if mode == "local" and os.geteuid() != 0:
             raise RuntimeError(
@@ -207,6 +240,7 @@ class NodeAgent:
         self.mode = mode
         self.retry_seconds = retry_seconds
         self.shutdown_grace_seconds = shutdown_grace_seconds
+        self.images = dict(images)
         self._serving = serving
         self._client_ca = client_ca
         self.port = 0
@@ -361,7 +395,7 @@ class NodeAgent:
                         {"status": self._node_status()},
                         content_type="application/merge-patch+json",
                     )
-            except (TimeoutError, ApiError, OSError) as error:
+            except (TimeoutError, ApiError, OSError, aiohttp.ClientError) as error:
                 logger.warning("node agent: heartbeat failed: %s", error)
             await asyncio.sleep(LEASE_RENEW_SECONDS)
 
@@ -467,7 +501,8 @@ class NodeAgent:
                     version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
                     if kind != "BOOKMARK":
                         self._on_event(str(kind), obj)
-            except (TimeoutError, ApiError, OSError, ValueError) as error:
+            # ClientError: the API server ended the stream mid-chunk (a restart, a cut connection)
+            except (TimeoutError, ApiError, OSError, ValueError, aiohttp.ClientError) as error:
                 if isinstance(error, ApiError) and error.status == 410:
                     version = None
                 logger.warning("node agent: pod watch failed, resuming: %s", error)
@@ -704,16 +739,33 @@ class NodeAgent:
         return str(answer["status"]["token"])
 
     async def write_status(self, namespace: str, name: str, status: Object) -> None:
-        try:
-            await self.api.request(
-                "PATCH",
-                names.PODS.path(namespace, name, "status"),
-                {"status": status},
-                content_type="application/merge-patch+json",
+        # Retried while the API server is unreachable or answers 5xx/429 (a restart), as the kubelet's
+        # status manager keeps syncing: a status lost here would leave the pod running forever.
+        for _ in range(STATUS_WRITE_TRIES):
+            try:
+                await self.api.request(
+                    "PATCH",
+                    names.PODS.path(namespace, name, "status"),
+                    {"status": status},
+                    content_type="application/merge-patch+json",
+                )
+                return
+            except ApiError as error:
+                if error.status < 500 and error.status != 429:
+                    if error.status != 404:
+                        logger.warning(
+                            "node agent: status of pod %s/%s not written: %s", namespace, name, error
+                        )
+                    return
+                problem: Exception = error
+            except (TimeoutError, OSError, aiohttp.ClientError) as error:
+                problem = error
+            if self._closed:
+                return
+            logger.warning(
+                "node agent: status of pod %s/%s not written, retrying: %s", namespace, name, problem
             )
-        except ApiError as error:
-            if error.status != 404:
-                logger.warning("node agent: status of pod %s/%s not written: %s", namespace, name, error)
+            await asyncio.sleep(self.retry_seconds)
 
     def removed(self, run: _Pod) -> None:
         self._runs.discard(run)
@@ -1286,11 +1338,18 @@ class _Pod:
         spec = container.spec
         field = self._field(container)
         command = [str(part) for part in spec.get("command") or []]
-        if not command:
-            raise _ContainerError("CreateContainerError", NO_COMMAND.format(field=field))
+        args = [str(part) for part in spec.get("args") or []]
+        image = self.agent.images.get(image_repository(str(spec.get("image") or "")))
+        if image is not None:
+            words = image.argv(command, args)
+        elif command:
+            words = [*command, *args]
+        else:
+            known = ", ".join(sorted(self.agent.images)) or "none"
+            raise _ContainerError("CreateContainerError", NO_COMMAND.format(field=field, known=known))
         security = self._security(container)
         env = await self._env(container)
-        argv = [_expand(part, env) for part in [*command, *(str(a) for a in spec.get("args") or [])]]
+        argv = [_expand(part, env) for part in words]
         mounts: list[Object] = []
         for mount in spec.get("volumeMounts") or []:
             local = self.volumes.get(mount["name"])
@@ -1490,6 +1549,15 @@ def _addresses() -> Object:
     return {"hostIP": HOST_IP, "hostIPs": [{"ip": HOST_IP}], "podIP": HOST_IP, "podIPs": [{"ip": HOST_IP}]}
 
 
+def image_repository(image: str) -> str:
+    """An image reference without its tag and digest: ``registry/name:tag@sha256:...`` -> ``registry/name``
+    (a registry's port, ``host:5000/name``, is not a tag)."""
+    name = image.partition("@")[0]
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    return name[:colon] if colon > slash else name
+
+
 def _base_path() -> str:
     """This Python's scripts first (the operator image's ``fleetdispatch``), then the host's ``PATH``."""
     entries = [str(Path(sys.executable).parent), *os.environ.get("PATH", os.defpath).split(os.pathsep)]
@@ -1671,8 +1739,12 @@ def _log_tail(path: Path) -> str:
 __all__ = [
     "DEFAULT_NODE",
     "EXIT_CODE_ANNOTATION",
+    "IMAGE_ENTRYPOINTS",
+    "PROJECT_IMAGE",
     "RUNTIME_ANNOTATION",
     "TERMINATION_MESSAGE_ANNOTATION",
+    "ImageEntrypoint",
     "Mode",
     "NodeAgent",
+    "image_repository",
 ]
