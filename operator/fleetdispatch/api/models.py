@@ -364,6 +364,104 @@ class QuotaPoolStatus(_Status):
     conditions: list[Condition] = []
 
 
+# --- FleetCampaign ----------------------------------------------------------------------------------------
+
+# An item's variables: C identifiers, like a container's env names in practice; FLEET_* is the operator's.
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+PERCENT = r"^(100|[1-9]?[0-9])%$"
+MAX_CAMPAIGN_ITEMS = 5000
+
+
+class CampaignItem(_Spec):
+    name: DnsLabel
+    env: Annotated[
+        dict[
+            Annotated[str, StringConstraints(max_length=256, pattern=ENV_NAME)],
+            Annotated[str, StringConstraints(max_length=32768)],
+        ],
+        Field(max_length=64),
+    ] = {}
+
+    @field_validator("env")
+    @classmethod
+    def _no_fleet_names(cls, env: dict[str, str]) -> dict[str, str]:
+        reserved = sorted(name for name in env if name.startswith("FLEET_"))
+        if reserved:
+            raise ValueError(
+                f"env names starting with FLEET_ are set by the operator ({', '.join(reserved)}); "
+                "use another name"
+            )
+        return env
+
+
+class CampaignTemplate(_Spec):
+    """A FleetDispatch's metadata and spec. The spec is kept as written, to be created as written; it is
+    parsed (`FleetDispatchSpec`) only to be checked."""
+
+    metadata: TemplateMetadata = TemplateMetadata()
+    spec: dict[str, Any]
+
+    @field_validator("spec")
+    @classmethod
+    def _valid_dispatch_spec(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        try:
+            FleetDispatchSpec.model_validate(spec)
+        except ValidationError as error:
+            clauses = describe(error, "").split("; ")
+            raise ValueError("; ".join(clause.removeprefix(".") for clause in clauses)) from None
+        return spec
+
+
+class FleetCampaignSpec(_Spec):
+    template: CampaignTemplate
+    items: Annotated[list[CampaignItem], Field(max_length=MAX_CAMPAIGN_ITEMS)] = []
+    parallelism: Annotated[int, Field(ge=1, le=100000)] | None = None
+    max_failed: Annotated[int, Field(ge=0, le=1000000)] | Annotated[str, StringConstraints(pattern=PERCENT)] | None = (
+        None
+    )
+    suspend: bool = False
+
+    @field_validator("items")
+    @classmethod
+    def _unique_items(cls, items: list[CampaignItem]) -> list[CampaignItem]:
+        _unique([item.name for item in items], "item name")
+        return items
+
+    def failure_limit(self, total: int) -> int | None:
+        """How many failed dispatches the campaign tolerates: `maxFailed`, or its percentage of `total`
+        rounded down; None when there is no limit."""
+        if self.max_failed is None:
+            return None
+        if isinstance(self.max_failed, int):
+            return self.max_failed
+        return int(self.max_failed.removesuffix("%")) * total // 100
+
+
+class CampaignCounts(_Status):
+    total: int = 0
+    pending: int = 0
+    running: int = 0
+    backoff: int = 0
+    requeued: int = 0
+    suspended: int = 0
+    succeeded: int = 0
+    failed: int = 0
+
+
+CampaignPhase = Literal["Running", "Suspended", "Succeeded", "Failed"]
+
+
+class FleetCampaignStatus(_Status):
+    observed_generation: int | None = None
+    phase: CampaignPhase | None = None
+    counts: CampaignCounts = CampaignCounts()
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
+    reason: str | None = None
+    message: str | None = None
+    conditions: list[Condition] = []
+
+
 # --- Reading a spec ---------------------------------------------------------------------------------------
 
 
@@ -389,6 +487,14 @@ def parse_spec(raw: Any) -> FleetDispatchSpec:
     """The spec of a FleetDispatch as the operator uses it, or `InvalidSpec` with a readable message."""
     try:
         return FleetDispatchSpec.model_validate(raw)
+    except ValidationError as error:
+        raise InvalidSpec(describe(error)) from None
+
+
+def parse_campaign_spec(raw: Any) -> FleetCampaignSpec:
+    """The spec of a FleetCampaign, or `InvalidSpec` naming the fields (for the campaign's `Stalled`)."""
+    try:
+        return FleetCampaignSpec.model_validate(raw)
     except ValidationError as error:
         raise InvalidSpec(describe(error)) from None
 

@@ -26,7 +26,7 @@ from fleetdispatch.validation.admission import admit
 from fleetdispatch.validation.messages import FieldError, format_invalid
 from fleetdispatch.validation.values import MAX_DEPTH, MAX_VALUES, server_integer
 
-CRD_FILES = ("fleetdispatches.yaml", "quotapools.yaml")
+CRD_FILES = ("fleetdispatches.yaml", "quotapools.yaml", "fleetcampaigns.yaml")
 
 
 @cache
