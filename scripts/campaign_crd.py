@@ -161,7 +161,7 @@ def campaign_crd() -> dict[str, Any]:
                         "x-kubernetes-int-or-string": True,
                         "description": (
                             "How many failed dispatches the campaign tolerates, as a count or a percentage "
-                            "of its dispatches (\"10%\", rounded down); past it the campaign is Failed and "
+                            'of its dispatches ("10%", rounded down); past it the campaign is Failed and '
                             "starts no more dispatches. Unset: no limit."
                         ),
                         "x-kubernetes-validations": [
@@ -230,7 +230,11 @@ def campaign_crd() -> dict[str, Any]:
                         {"name": "Failed", "type": "integer", column: ".status.counts.failed"},
                         {"name": "Running", "type": "integer", column: ".status.counts.running"},
                         {"name": "Total", "type": "integer", column: ".status.counts.total"},
-                        {"name": "Ready", "type": "string", column: '.status.conditions[?(@.type=="Ready")].status'},
+                        {
+                            "name": "Ready",
+                            "type": "string",
+                            column: '.status.conditions[?(@.type=="Ready")].status',
+                        },
                         {"name": "Age", "type": "date", column: ".metadata.creationTimestamp"},
                         {"name": "Phase", "type": "string", column: ".status.phase", "priority": 1},
                         {"name": "Message", "type": "string", column: ".status.message", "priority": 1},
@@ -257,9 +261,16 @@ def main() -> int:
         for path in (CAMPAIGN_CRD, CHART_COPY):
             path.write_text(text)
         return 0
-    stale = [str(p.relative_to(ROOT)) for p in (CAMPAIGN_CRD, CHART_COPY) if not p.exists() or p.read_text() != text]
+    stale = [
+        str(p.relative_to(ROOT))
+        for p in (CAMPAIGN_CRD, CHART_COPY)
+        if not p.exists() or p.read_text() != text
+    ]
     if stale:
-        print(f"out of date: {', '.join(stale)}; run .venv/bin/python scripts/campaign_crd.py --write", file=sys.stderr)
+        print(
+            f"out of date: {', '.join(stale)}; run .venv/bin/python scripts/campaign_crd.py --write",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

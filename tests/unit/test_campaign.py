@@ -27,7 +27,12 @@ TEMPLATE = {
         "template": {
             "spec": {
                 "containers": [
-                    {"name": "session", "image": "x", "command": ["run"], "env": [{"name": "A", "value": "t"}]},
+                    {
+                        "name": "session",
+                        "image": "x",
+                        "command": ["run"],
+                        "env": [{"name": "A", "value": "t"}],
+                    },
                     {"name": "helper", "image": "y", "command": ["help"]},
                 ]
             }
@@ -68,7 +73,11 @@ def test_a_new_campaign_creates_every_item_in_order_and_counts_them_pending() ->
 
 
 def test_parallelism_counts_every_live_dispatch_hand_written_ones_too() -> None:
-    members = [member("a", "Running"), member("b", "Succeeded"), Member("by-hand", owned=False, phase="Requeued")]
+    members = [
+        member("a", "Running"),
+        member("b", "Succeeded"),
+        Member("by-hand", owned=False, phase="Requeued"),
+    ]
     decision = decide(spec(["a", "b", "c", "d", "e"], parallelism=3), members)
     assert [item.name for item in decision.create] == ["c"]
     decision = decide(spec(["a", "b", "c", "d", "e"], parallelism=2), members)
@@ -112,9 +121,19 @@ def test_suspend_follows_the_campaign_on_unfinished_owned_dispatches_and_creates
 
 @pytest.mark.parametrize(
     ("max_failed", "failed", "over"),
-    [(0, 1, True), (1, 1, False), ("10%", 1, False), ("10%", 2, True), ("20%", 2, False), ("20%", 3, True), ("100%", 9, False)],
+    [
+        (0, 1, True),
+        (1, 1, False),
+        ("10%", 1, False),
+        ("10%", 2, True),
+        ("20%", 2, False),
+        ("20%", 3, True),
+        ("100%", 9, False),
+    ],
 )
-def test_max_failed_as_a_count_or_a_percentage_of_the_total(max_failed: int | str, failed: int, over: bool) -> None:
+def test_max_failed_as_a_count_or_a_percentage_of_the_total(
+    max_failed: int | str, failed: int, over: bool
+) -> None:
     members = [member(str(i), "Failed") for i in range(failed)]
     decision = decide(spec([str(i) for i in range(10)], maxFailed=max_failed), members)
     assert (decision.status.phase == "Failed") is over
@@ -130,7 +149,9 @@ def test_finished_within_max_failed_is_ready_with_a_completion_time_kept_across_
     assert first.status.phase == "Succeeded" and first.status.completion_time == NOW
     assert conditions(first.status)["Ready"] == ("True", "Succeeded")
     assert first.status.message == "all 2 dispatches finished: 1 succeeded, 1 failed (of 2)"
-    later = core.decide(Campaign("c", 3, spec(["a", "b"], maxFailed=1), first.status), members, NOW + timedelta(1))
+    later = core.decide(
+        Campaign("c", 3, spec(["a", "b"], maxFailed=1), first.status), members, NOW + timedelta(1)
+    )
     assert later.status == first.status
     # A new item reopens it.
     reopened = decide(spec(["a", "b", "c"], maxFailed=1), members, first.status)
@@ -214,7 +235,9 @@ def situations(draw: st.DrawFn) -> tuple[FleetCampaignSpec, list[Member]]:
     if draw(st.booleans()):
         fields["parallelism"] = draw(st.integers(1, 5))
     if draw(st.booleans()):
-        fields["maxFailed"] = draw(st.one_of(st.integers(0, 4), st.sampled_from(["0%", "25%", "50%", "100%"])))
+        fields["maxFailed"] = draw(
+            st.one_of(st.integers(0, 4), st.sampled_from(["0%", "25%", "50%", "100%"]))
+        )
     members = [
         Member(
             name=f"c-{name}",

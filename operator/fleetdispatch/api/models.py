@@ -416,9 +416,9 @@ class FleetCampaignSpec(_Spec):
     template: CampaignTemplate
     items: Annotated[list[CampaignItem], Field(max_length=MAX_CAMPAIGN_ITEMS)] = []
     parallelism: Annotated[int, Field(ge=1, le=100000)] | None = None
-    max_failed: Annotated[int, Field(ge=0, le=1000000)] | Annotated[str, StringConstraints(pattern=PERCENT)] | None = (
-        None
-    )
+    max_failed: (
+        Annotated[int, Field(ge=0, le=1000000)] | Annotated[str, StringConstraints(pattern=PERCENT)] | None
+    ) = None
     suspend: bool = False
 
     @field_validator("items")

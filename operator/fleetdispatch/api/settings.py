@@ -66,6 +66,9 @@ class OperatorSettings(BaseModel):
     watch_timeout_seconds: Annotated[int, Field(ge=10)] = 300
     """Server-side timeout of each watch request, so a silently stalled watch is replaced."""
 
+    campaign_status_interval_seconds: Annotated[float, Field(ge=0.1, le=300)] = 5.0
+    """A FleetCampaign's status is written at most once per this many seconds (a phase change at once)."""
+
     @classmethod
     def from_env(
         cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None

@@ -28,19 +28,21 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 
 from fleetdispatch.api import names
 from fleetdispatch.api.models import (
     CampaignCounts,
     CampaignItem,
     CampaignPhase,
+    Condition,
     FleetCampaignSpec,
     FleetCampaignStatus,
     Phase,
 )
 from fleetdispatch.core import conditions
 
+PHASES: frozenset[Phase] = frozenset(get_args(Phase))
 TERMINAL: frozenset[Phase] = frozenset({"Succeeded", "Failed"})
 MAX_FAILED_EXCEEDED = "MaxFailedExceeded"
 INVALID_SPEC = "InvalidSpec"
@@ -137,19 +139,25 @@ def decide(campaign: Campaign, members: Sequence[Member], now: datetime) -> Deci
         completion_time=(old.completion_time or now) if finished or (over and live == 0) else None,
         reason=reason,
         message=message,
-        conditions=_conditions(old, phase, reason, message, campaign.generation, now),
+        conditions=_conditions(old, phase, reason, message, generation=campaign.generation, now=now),
     )
     return Decision(create=create, delete=delete, suspend=suspend, status=status)
 
 
-def invalid(campaign_status: FleetCampaignStatus, generation: int, message: str, now: datetime) -> FleetCampaignStatus:
+def invalid(
+    campaign_status: FleetCampaignStatus, generation: int, message: str, now: datetime
+) -> FleetCampaignStatus:
     """The status of a campaign whose spec the operator cannot act on: Stalled, nothing created or deleted;
     its counts stay as last seen, and a fixed spec (a new generation) lets it go on."""
     status = campaign_status.model_copy(deep=True)
     status.observed_generation = generation
     status.reason, status.message = INVALID_SPEC, message
     result = status.conditions
-    for type_, true in ((conditions.READY, False), (conditions.RECONCILING, False), (conditions.STALLED, True)):
+    for type_, true in (
+        (conditions.READY, False),
+        (conditions.RECONCILING, False),
+        (conditions.STALLED, True),
+    ):
         result = conditions.set_condition(
             result,
             type_,
@@ -181,8 +189,14 @@ def _summary(counts: CampaignCounts) -> str:
 
 
 def _conditions(
-    old: FleetCampaignStatus, phase: CampaignPhase, reason: str, message: str, generation: int, now: datetime
-) -> list[conditions.Condition]:
+    old: FleetCampaignStatus,
+    phase: CampaignPhase,
+    reason: str,
+    message: str,
+    *,
+    generation: int,
+    now: datetime,
+) -> list[Condition]:
     table = (
         (conditions.READY, phase == "Succeeded"),
         (conditions.RECONCILING, phase == "Running"),
@@ -203,9 +217,7 @@ def _conditions(
     return result
 
 
-def dispatch_for(
-    campaign: str, uid: str, spec: FleetCampaignSpec, item: CampaignItem
-) -> dict[str, Any]:
+def dispatch_for(campaign: str, uid: str, spec: FleetCampaignSpec, item: CampaignItem) -> dict[str, Any]:
     """The FleetDispatch of one item: the template's metadata and spec, the campaign's labels and owner
     reference, the item's variables (and `FLEET_ITEM`) in the session container, the campaign's suspend."""
     template = spec.template
@@ -224,7 +236,11 @@ def dispatch_for(
         "kind": "FleetDispatch",
         "metadata": {
             "name": dispatch_name(campaign, item.name),
-            "labels": {**template.metadata.labels, names.CAMPAIGN_LABEL: campaign, names.ITEM_LABEL: item.name},
+            "labels": {
+                **template.metadata.labels,
+                names.CAMPAIGN_LABEL: campaign,
+                names.ITEM_LABEL: item.name,
+            },
             **({"annotations": dict(template.metadata.annotations)} if template.metadata.annotations else {}),
             "ownerReferences": [
                 {
