@@ -211,9 +211,9 @@ class Campaigns:
             raise
         stored.status = dict(result.get("status") or {})
         stored.last_write = clock
-        if status.phase != previous and (previous is not None or status.phase != "Running"):
-            await self._event(key, stored, status)
-        elif urgent and "reason" in patch:
+        # An Event for each new phase (not the first Running) and for a newly invalid spec.
+        moved = status.phase != previous and (previous is not None or status.phase != "Running")
+        if moved or (urgent and "reason" in patch):
             await self._event(key, stored, status)
 
     async def _event(self, key: Key, stored: Stored, status: FleetCampaignStatus) -> None:
