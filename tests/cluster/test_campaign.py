@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from argocd import CAMPAIGN_HEALTH, health
 from fleetdispatch.api.names import API_VERSION, CAMPAIGN_LABEL, GROUP, ITEM_LABEL, VERSION
 from fleetdispatch.devcluster.nodeagent import EXIT_CODE_ANNOTATION, RUNTIME_ANNOTATION
 from fleetdispatch.devcluster.stack import BackgroundCluster
@@ -74,6 +75,10 @@ def conditions(body: dict[str, Any]) -> dict[str, tuple[str, str]]:
     return {c["type"]: (c["status"], c["reason"]) for c in (body.get("status") or {}).get("conditions", [])}
 
 
+def conditions_messages(body: dict[str, Any]) -> dict[str, str]:
+    return {c["type"]: c["message"] for c in (body.get("status") or {}).get("conditions", [])}
+
+
 def items(*names: str) -> list[dict[str, Any]]:
     return [{"name": name, "env": {"TOPIC": f"topic {name}"}} for name in names]
 
@@ -128,6 +133,7 @@ def test_a_campaign_runs_every_item_within_its_parallelism_and_says_so(
     assert header.split() == ["NAME", "SUCCEEDED", "FAILED", "RUNNING", "TOTAL", "READY", "AGE"]
     assert row.split()[:6] == ["docs", "8", "0", "0", "8", "True"]
     kubectl.run("wait", "--for=condition=Ready", "fc/docs", "--timeout=5s")
+    assert health(CAMPAIGN_HEALTH, body) == ("Healthy", status["message"])
 
 
 def test_past_max_failed_the_campaign_fails_and_starts_no_more(ns: Namespace) -> None:
@@ -140,6 +146,7 @@ def test_past_max_failed_the_campaign_fails_and_starts_no_more(ns: Namespace) ->
     assert conditions(body)["Stalled"] == ("True", "MaxFailedExceeded")
     assert conditions(body)["Ready"] == ("False", "MaxFailedExceeded")
     assert "more than maxFailed" in status["message"]
+    assert health(CAMPAIGN_HEALTH, body) == ("Degraded", conditions_messages(body)["Stalled"])
     assert status.get("completionTime")  # nothing of it runs any more
     time.sleep(1.5)  # three status intervals: no second dispatch is started
     assert sorted(dispatches(ns)) == ["strict-a"]
@@ -171,6 +178,7 @@ def test_hand_written_dispatches_with_the_label_count_and_are_left_alone(ns: Nam
 
     body = eventually(counted, 60, "both dispatches counted")
     assert body["status"]["phase"] == "Succeeded"  # 1 of 2 failed: within 50 %
+    assert health(CAMPAIGN_HEALTH, body)[0] == "Healthy"  # one failed dispatch does not degrade it
     assert conditions(body)["Ready"] == ("True", "Succeeded")
     assert sorted(dispatches(ns)) == ["by-hand-1", "by-hand-2"]
     assert all("ownerReferences" not in d["metadata"] for d in dispatches(ns).values())
@@ -184,7 +192,8 @@ def test_removed_items_go_unless_finished_and_suspend_reaches_every_live_dispatc
     patch_campaign(ns, "mixed", {"template": template(runtime="none"), "items": items("done", "x", "y")})
     eventually(lambda: sorted(dispatches(ns)) == ["mixed-done", "mixed-x", "mixed-y"], 30, "x and y created")
     reopened = campaign(ns, "mixed")
-    eventually(lambda: (campaign(ns, "mixed").get("status") or {}).get("phase") == "Running", 10, "reopened")
+    running = eventually(lambda: in_phase(ns, "mixed", "Running"), 10, "reopened")
+    assert health(CAMPAIGN_HEALTH, running)[0] == "Progressing"
     assert reopened["metadata"]["generation"] == 2
 
     patch_campaign(ns, "mixed", {"suspend": True})
@@ -197,6 +206,7 @@ def test_removed_items_go_unless_finished_and_suspend_reaches_every_live_dispatc
     assert dispatches(ns)["mixed-done"]["spec"].get("suspend") is not True  # finished: left as it was
     body = eventually(lambda: in_phase(ns, "mixed", "Suspended"), 30, "the campaign Suspended")
     assert body["status"]["counts"]["suspended"] + body["status"]["counts"]["pending"] == 2
+    assert health(CAMPAIGN_HEALTH, body)[0] == "Suspended"
 
     # Removing every item: the unfinished x and y go, the finished one stays.
     patch_campaign(ns, "mixed", {"items": items("done"), "suspend": False})

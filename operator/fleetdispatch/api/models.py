@@ -408,7 +408,7 @@ class CampaignTemplate(_Spec):
             FleetDispatchSpec.model_validate(spec)
         except ValidationError as error:
             clauses = describe(error, "").split("; ")
-            raise ValueError("; ".join(clause.removeprefix(".") for clause in clauses)) from None
+            raise ValueError("; ".join(c.removeprefix(": ").removeprefix(".") for c in clauses)) from None
         return spec
 
 
@@ -416,10 +416,18 @@ class FleetCampaignSpec(_Spec):
     template: CampaignTemplate
     items: Annotated[list[CampaignItem], Field(max_length=MAX_CAMPAIGN_ITEMS)] = []
     parallelism: Annotated[int, Field(ge=1, le=100000)] | None = None
-    max_failed: (
-        Annotated[int, Field(ge=0, le=1000000)] | Annotated[str, StringConstraints(pattern=PERCENT)] | None
-    ) = None
+    max_failed: int | str | None = None
     suspend: bool = False
+
+    @field_validator("max_failed")
+    @classmethod
+    def _count_or_percentage(cls, value: int | str | None) -> int | str | None:
+        if value is None:
+            return None
+        valid = 0 <= value <= 1000000 if isinstance(value, int) else re.fullmatch(PERCENT, value) is not None
+        if not valid:
+            raise ValueError("maxFailed is a count (0 or more) or a percentage from 0% to 100%")
+        return value
 
     @field_validator("items")
     @classmethod
@@ -512,6 +520,17 @@ def check_name(name: str) -> None:
         raise InvalidSpec(
             f"metadata.name: a FleetDispatch name is at most {MAX_DISPATCH_NAME} characters, because it is "
             "used as a label value on the dispatch's pods"
+        )
+
+
+def check_campaign_names(name: str, spec: FleetCampaignSpec) -> None:
+    """The CRD's rule on a campaign's metadata: each item's dispatch name fits in a label value."""
+    long = [item.name for item in spec.items if len(name) + 1 + len(item.name) > MAX_DISPATCH_NAME]
+    if long:
+        raise InvalidSpec(
+            f"spec.items: each item's dispatch is named <campaign>-<item name>, at most {MAX_DISPATCH_NAME} "
+            f"characters (it is a label value on its pods): shorten the campaign's name or the item's "
+            f"({', '.join(long[:3])}{', ...' if len(long) > 3 else ''})"
         )
 
 

@@ -23,7 +23,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fleetdispatch.api import names
-from fleetdispatch.api.models import FleetCampaignStatus, InvalidSpec, Phase, parse_campaign_spec
+from fleetdispatch.api.models import (
+    FleetCampaignStatus,
+    InvalidSpec,
+    Phase,
+    check_campaign_names,
+    parse_campaign_spec,
+)
 from fleetdispatch.client.kubeapi import MERGE_PATCH, ApiError, KubeApi
 from fleetdispatch.controller.cache import Key
 from fleetdispatch.controller.reconciler import COMPONENT, status_patch
@@ -134,6 +140,7 @@ class Campaigns:
         old_status = FleetCampaignStatus.model_validate(stored.status)
         try:
             spec = parse_campaign_spec(stored.spec)
+            check_campaign_names(name, spec)
         except InvalidSpec as error:
             status = core.invalid(old_status, stored.generation, str(error), now)
             await self._write_status(key, stored, status, clock, urgent=True)
