@@ -77,7 +77,10 @@ def campaign_crd() -> dict[str, Any]:
         "required": ["spec"],
         "x-kubernetes-validations": [
             {
-                "rule": "self.spec.items.all(i, size(self.metadata.name) + 1 + size(i.name) <= 63)",
+                "rule": (
+                    "!has(self.spec.items) || "
+                    "self.spec.items.all(i, size(self.metadata.name) + 1 + size(i.name) <= 63)"
+                ),
                 "fieldPath": ".spec.items",
                 "message": (
                     "each item's dispatch is named <campaign>-<item name>, at most 63 characters (it is a "
@@ -91,8 +94,19 @@ def campaign_crd() -> dict[str, Any]:
             "metadata": {"type": "object"},
             "spec": {
                 "type": "object",
-                "description": "The dispatches to run, and how many at once.",
-                "required": ["template"],
+                "description": (
+                    "The dispatches to run, and how many at once. Without items, a campaign is a view over "
+                    "the dispatches that carry its label (a kustomization of FleetDispatches)."
+                ),
+                "x-kubernetes-validations": [
+                    {
+                        "rule": "!has(self.items) || size(self.items) == 0 || has(self.template)",
+                        "fieldPath": ".template",
+                        "message": (
+                            "template is required when there are items: it is what each item's dispatch runs"
+                        ),
+                    }
+                ],
                 "properties": {
                     "template": {
                         "type": "object",
@@ -109,6 +123,7 @@ def campaign_crd() -> dict[str, Any]:
                             "created again: that is how one item is run again."
                         ),
                         "maxItems": 5000,
+                        "default": [],
                         "x-kubernetes-list-type": "map",
                         "x-kubernetes-list-map-keys": ["name"],
                         "items": {

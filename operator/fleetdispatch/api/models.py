@@ -413,7 +413,7 @@ class CampaignTemplate(_Spec):
 
 
 class FleetCampaignSpec(_Spec):
-    template: CampaignTemplate
+    template: CampaignTemplate | None = None
     items: Annotated[list[CampaignItem], Field(max_length=MAX_CAMPAIGN_ITEMS)] = []
     parallelism: Annotated[int, Field(ge=1, le=100000)] | None = None
     max_failed: int | str | None = None
@@ -434,6 +434,14 @@ class FleetCampaignSpec(_Spec):
     def _unique_items(cls, items: list[CampaignItem]) -> list[CampaignItem]:
         _unique([item.name for item in items], "item name")
         return items
+
+    @model_validator(mode="after")
+    def _template_for_items(self) -> FleetCampaignSpec:
+        if self.items and self.template is None:
+            raise ValueError(
+                "template is required when there are items: it is what each item's dispatch runs"
+            )
+        return self
 
     def failure_limit(self, total: int) -> int | None:
         """How many failed dispatches the campaign tolerates: `maxFailed`, or its percentage of `total`

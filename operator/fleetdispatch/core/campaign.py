@@ -221,6 +221,7 @@ def dispatch_for(campaign: str, uid: str, spec: FleetCampaignSpec, item: Campaig
     """The FleetDispatch of one item: the template's metadata and spec, the campaign's labels and owner
     reference, the item's variables (and `FLEET_ITEM`) in the session container, the campaign's suspend."""
     template = spec.template
+    assert template is not None, "validated: a campaign with items has a template"
     body = copy.deepcopy(template.spec)
     body["suspend"] = spec.suspend
     pod_spec = body.get("template", {}).get("spec", {})

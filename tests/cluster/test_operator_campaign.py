@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import flux
 from argocd import CAMPAIGN_HEALTH, health
 from fleetdispatch.api.names import API_VERSION, CAMPAIGN_LABEL, GROUP, ITEM_LABEL, VERSION
 from fleetdispatch.devcluster.nodeagent import EXIT_CODE_ANNOTATION, RUNTIME_ANNOTATION
@@ -46,6 +47,9 @@ def template(runtime: str = "instant", exit_code: int = 0) -> dict[str, Any]:
         "annotations": {RUNTIME_ANNOTATION: runtime, EXIT_CODE_ANNOTATION: str(exit_code)}
     }
     return {"metadata": {"labels": {"team": "docs"}}, "spec": spec}
+
+
+FLUX = flux.expressions("FleetCampaign")
 
 
 def create_campaign(ns: Namespace, name: str, **spec: Any) -> dict[str, Any]:
@@ -134,6 +138,7 @@ def test_a_campaign_runs_every_item_within_its_parallelism_and_says_so(
     assert row.split()[:6] == ["docs", "8", "0", "0", "8", "True"]
     kubectl.run("wait", "--for=condition=Ready", "fc/docs", "--timeout=5s")
     assert health(CAMPAIGN_HEALTH, body) == ("Healthy", status["message"])
+    assert flux.health(FLUX, body) == "Current"
 
 
 def test_past_max_failed_the_campaign_fails_and_starts_no_more(ns: Namespace) -> None:
@@ -147,6 +152,7 @@ def test_past_max_failed_the_campaign_fails_and_starts_no_more(ns: Namespace) ->
     assert conditions(body)["Ready"] == ("False", "MaxFailedExceeded")
     assert "more than maxFailed" in status["message"]
     assert health(CAMPAIGN_HEALTH, body) == ("Degraded", conditions_messages(body)["Stalled"])
+    assert flux.health(FLUX, body) == "Failed"
     assert status.get("completionTime")  # nothing of it runs any more
     time.sleep(1.5)  # three status intervals: no second dispatch is started
     assert sorted(dispatches(ns)) == ["strict-a"]
@@ -194,6 +200,10 @@ def test_removed_items_go_unless_finished_and_suspend_reaches_every_live_dispatc
     reopened = campaign(ns, "mixed")
     running = eventually(lambda: in_phase(ns, "mixed", "Running"), 10, "reopened")
     assert health(CAMPAIGN_HEALTH, running)[0] == "Progressing"
+    assert flux.health(FLUX, running) == "InProgress"
+    # The spec changed, not yet observed: in progress whatever the old status says.
+    stale = {**running, "metadata": {**running["metadata"], "generation": 99}}
+    assert (health(CAMPAIGN_HEALTH, stale)[0], flux.health(FLUX, stale)) == ("Progressing", "InProgress")
     assert reopened["metadata"]["generation"] == 2
 
     patch_campaign(ns, "mixed", {"suspend": True})
@@ -207,6 +217,7 @@ def test_removed_items_go_unless_finished_and_suspend_reaches_every_live_dispatc
     body = eventually(lambda: in_phase(ns, "mixed", "Suspended"), 30, "the campaign Suspended")
     assert body["status"]["counts"]["suspended"] + body["status"]["counts"]["pending"] == 2
     assert health(CAMPAIGN_HEALTH, body)[0] == "Suspended"
+    assert flux.health(FLUX, body) == "InProgress"  # not done, not failed
 
     # Removing every item: the unfinished x and y go, the finished one stays.
     patch_campaign(ns, "mixed", {"items": items("done"), "suspend": False})
