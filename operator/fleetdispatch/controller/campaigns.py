@@ -9,12 +9,15 @@ once per `campaign_status_interval_seconds` whatever the number of dispatches th
 
 Created dispatches are expected until the index shows them (60 s at most), as a ReplicaSet's
 expectations: a pass that runs before the watch delivers them counts them live, so `parallelism` holds.
+A pass is O(dispatches), so the dispatches' events start one at most every 0.5 s (a spec change at once),
+and it creates at most 200 dispatches (16 requests at a time) before it writes the status and goes on.
 
 Deliberately not here: what to do (`core.campaign`), and the dispatches' own lifecycle (`reconciler`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -24,6 +27,7 @@ from typing import Any
 
 from fleetdispatch.api import names
 from fleetdispatch.api.models import (
+    CampaignItem,
     FleetCampaignStatus,
     InvalidSpec,
     Phase,
@@ -40,6 +44,13 @@ from fleetdispatch.session.protocol import format_time
 logger = logging.getLogger(__name__)
 
 EXPECTATION_SECONDS = 60.0
+# A pass is O(dispatches): the events of a campaign's dispatches start one at most this often (the status is
+# written at most every few seconds anyway), and a spec change at once.
+MEMBER_DEBOUNCE_SECONDS = 0.5
+# Dispatches created per pass, this many requests at a time: the status is written between batches, and a
+# campaign of thousands of items does not hold a worker for minutes.
+CREATES_PER_PASS = 200
+CREATE_CONCURRENCY = 16
 
 
 @dataclass(frozen=True)
@@ -101,6 +112,7 @@ class Campaigns:
         self.queue: WorkQueue[Key] = WorkQueue()
         self.stored: dict[Key, Stored] = {}
         self.workers = Workers(self.queue, self.reconcile, workers, failed=self._failed, name="campaign")
+        self._debounced: set[Key] = set()
 
     def start(self) -> None:
         self.workers.start()
@@ -128,10 +140,13 @@ class Campaigns:
         self.queue.add(key)
 
     def saw_member(self, namespace: str, campaign: str) -> None:
-        if (namespace, campaign) in self.stored:
-            self.queue.add((namespace, campaign))
+        key = (namespace, campaign)
+        if key in self.stored and key not in self._debounced:
+            self._debounced.add(key)
+            self.queue.add_after(key, MEMBER_DEBOUNCE_SECONDS)
 
     async def reconcile(self, key: Key) -> None:
+        self._debounced.discard(key)
         stored = self.stored.get(key)
         if stored is None:
             return
@@ -163,14 +178,25 @@ class Campaigns:
         decision = core.decide(core.Campaign(name, stored.generation, spec, old_status), members, now)
 
         path = names.FLEET_DISPATCHES.path(namespace)
-        for item in decision.create:
+        batch = decision.create[:CREATES_PER_PASS]
+        gate = asyncio.Semaphore(CREATE_CONCURRENCY)
+
+        async def create(item: CampaignItem) -> None:
             body = core.dispatch_for(name, stored.uid, spec, item)
-            try:
-                await self.api.request("POST", path, body)
-            except ApiError as error:
-                if error.status != 409:
-                    raise
+            async with gate:
+                try:
+                    await self.api.request("POST", path, body)
+                except ApiError as error:
+                    if error.status != 409:
+                        raise
             stored.expected[body["metadata"]["name"]] = clock
+
+        results = await asyncio.gather(*(create(item) for item in batch), return_exceptions=True)
+        failure = next((r for r in results if isinstance(r, BaseException)), None)
+        if failure is not None:
+            raise failure
+        if len(decision.create) > len(batch):
+            self.queue.add(key)  # the next batch, once this pass has written the status
         uids = {view.name: view.uid for view in views}
         for dispatch in decision.delete:
             options = {"preconditions": {"uid": uids[dispatch]}, "propagationPolicy": "Background"}
