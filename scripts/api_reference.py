@@ -19,11 +19,14 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-# The template is a pod template: its fields are Kubernetes' own, documented there, not here.
+# A dispatch's template is a pod template: its fields are Kubernetes' own, documented there, not here; a
+# campaign's is a FleetDispatch's metadata and spec, documented in the FleetDispatch table.
 OPAQUE = {"spec.template"}
 
 
 def _type(node: dict[str, Any]) -> str:
+    if node.get("x-kubernetes-int-or-string"):
+        return "integer or string"
     kind = node.get("type", "object")
     if "enum" in node:
         return " \\| ".join(f"`{value}`" for value in node["enum"])
@@ -62,7 +65,7 @@ def _row(node: dict[str, Any], path: str) -> str:
 def _crds() -> list[dict[str, Any]]:
     return [
         yaml.safe_load((ROOT / "crds" / file).read_text(encoding="utf-8"))
-        for file in ("fleetdispatches.yaml", "quotapools.yaml")
+        for file in ("fleetdispatches.yaml", "quotapools.yaml", "fleetcampaigns.yaml")
     ]
 
 
@@ -82,7 +85,7 @@ def _rules(node: Any, path: str) -> list[tuple[str, str, str]]:
     found = []
     if isinstance(node, dict):
         for rule in node.get("x-kubernetes-validations", []):
-            where = path + rule.get("fieldPath", "")
+            where = (path + rule.get("fieldPath", "")).removeprefix(".")
             found.append((where or "(the object)", rule["rule"], " ".join(rule.get("message", "").split())))
         for name, child in node.get("properties", {}).items():
             found += _rules(child, f"{path}.{name}" if path else name)
@@ -95,9 +98,18 @@ def cel_rules() -> str:
     out = ["| kind | field | rule | message |", "| --- | --- | --- | --- |"]
     for crd in _crds():
         schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        kind = crd["spec"]["names"]["kind"]
+        embedded = False
         for where, rule, message in _rules(schema, ""):
+            # A campaign's template.spec is a FleetDispatch's spec, with its rules (those of oldSelf aside).
+            if kind == "FleetCampaign" and where.startswith("spec.template.spec."):
+                embedded = True
+                continue
             rule_text = " ".join(rule.split()).replace("|", "\\|")
-            out.append(f"| {crd['spec']['names']['kind']} | `{where}` | `{rule_text}` | {message} |")
+            out.append(f"| {kind} | `{where}` | `{rule_text}` | {message} |")
+        if embedded:
+            every = "every FleetDispatch `spec` rule above but the immutability ones"
+            out.append(f"| {kind} | `spec.template.spec` | {every} | |")
     return "\n".join(out) + "\n"
 
 

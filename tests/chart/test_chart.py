@@ -79,10 +79,15 @@ needs_checkov = pytest.mark.skipif(
 # requests it makes. `get` on dispatches: a status write that conflicts re-reads the dispatch; `get` on
 # pods: a create that conflicts reads the existing pod; `delete` on pods: suspension and the backstop.
 OPERATOR_RULES = {
-    ("fleet.dispatch.dev", "fleetdispatches"): {"get", "list", "watch"},
+    # create, patch (spec.suspend) and delete: a FleetCampaign's dispatches.
+    ("fleet.dispatch.dev", "fleetdispatches"): {"get", "list", "watch", "create", "patch", "delete"},
     ("fleet.dispatch.dev", "fleetdispatches/status"): {"patch"},
     # The API server asks for it before it accepts a pod whose ownerReference sets blockOwnerDeletion.
     ("fleet.dispatch.dev", "fleetdispatches/finalizers"): {"update"},
+    ("fleet.dispatch.dev", "fleetcampaigns"): {"list", "watch"},
+    ("fleet.dispatch.dev", "fleetcampaigns/status"): {"patch"},
+    # As for pods: the campaign's dispatches block its deletion (ownerReferences blockOwnerDeletion).
+    ("fleet.dispatch.dev", "fleetcampaigns/finalizers"): {"update"},
     ("fleet.dispatch.dev", "quotapools"): {"list", "watch"},
     ("fleet.dispatch.dev", "quotapools/status"): {"patch"},
     ("", "pods"): {"get", "list", "watch", "create", "delete"},
@@ -878,6 +883,13 @@ RULES_NOT_EXERCISED = {
     # (these tests run the operator with the args); tests/cluster/test_operator_live.py exercises them.
     ("coordination.k8s.io", "leases", "list"),
     ("coordination.k8s.io", "leases", "watch"),
+    # Only with a FleetCampaign, which these tests do not create; tests/cluster/test_operator_campaign.py
+    # runs the operator with this chart's RBAC and exercises them.
+    ("fleet.dispatch.dev", "fleetdispatches", "create"),
+    ("fleet.dispatch.dev", "fleetdispatches", "patch"),
+    ("fleet.dispatch.dev", "fleetdispatches", "delete"),
+    ("fleet.dispatch.dev", "fleetcampaigns/status", "patch"),
+    ("fleet.dispatch.dev", "fleetcampaigns/finalizers", "update"),
 }
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lupa import lua51
 
 import kstatus
+from argocd import DISPATCH_HEALTH, health
 from fleetdispatch.devcluster.stack import BackgroundCluster
 from kstatus import needs_kstatus
 from kube import Kube
@@ -32,7 +32,6 @@ from operators import Namespace, OperatorProcess, running, terminated
 from waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
-HEALTH_LUA = ROOT / "charts" / "fleet-dispatch" / "health" / "fleetdispatch.lua"
 
 # What each phase looks like to each tool. kstatus has no Suspended: see the module docstring.
 EXPECTED = {
@@ -46,24 +45,9 @@ EXPECTED = {
 }
 
 
-def _lua_value(runtime: Any, value: Any) -> Any:
-    """A JSON value as a Lua value, the way Argo CD hands an object to a health script (nulls left out)."""
-    if isinstance(value, dict):
-        return runtime.table_from({k: _lua_value(runtime, v) for k, v in value.items() if v is not None})
-    if isinstance(value, list):
-        return runtime.table_from([_lua_value(runtime, v) for v in value if v is not None])
-    return value
-
-
 def argocd_health(obj: dict[str, Any]) -> tuple[str, str]:
-    """Run the chart's health.lua over `obj`: (hs.status, hs.message)."""
-    runtime = lua51.LuaRuntime()
-    # Only the base library, so that the script cannot depend on anything Argo CD might not open.
-    runtime.execute("string, table, math, os, io, debug, coroutine, package, require = nil")
-    runtime.globals().obj = _lua_value(runtime, json.loads(json.dumps(obj)))
-    hs = runtime.execute(HEALTH_LUA.read_text(encoding="utf-8"))
-    assert hs is not None, "health.lua must return hs"
-    return str(hs["status"]), str(hs["message"])
+    """Run the chart's fleetdispatch.lua over `obj`: (hs.status, hs.message)."""
+    return health(DISPATCH_HEALTH, obj)
 
 
 # --- sample objects --------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ def _json_schema(kind: str) -> dict[str, Any]:
 
 def test_examples_cover_every_kind_and_feature() -> None:
     kinds = {doc["kind"] for _, _, doc in OURS}
-    assert kinds == {"FleetDispatch", "QuotaPool"}
+    assert kinds == {"FleetDispatch", "QuotaPool", "FleetCampaign"}
     specs = [doc["spec"] for _, _, doc in OURS if doc["kind"] == "FleetDispatch"]
     assert any("failurePolicy" in s for s in specs) and any("quotaPool" in s for s in specs)
     assert any("outputPaths" in s.get("activity", {}) for s in specs)
@@ -63,7 +63,7 @@ def test_campaign_kustomization_lists_existing_dispatches() -> None:
     listed = set(kustomization["resources"])
     assert listed == {p.name for p in folder.glob("*.yaml")} - {"kustomization.yaml"}
     kinds = [manifests.documents((folder / name).read_text(encoding="utf-8"))[0]["kind"] for name in listed]
-    assert sorted(kinds) == ["FleetDispatch"] * 3 + ["QuotaPool"]
+    assert sorted(kinds) == ["FleetCampaign"] + ["FleetDispatch"] * 3 + ["QuotaPool"]
     pools = {
         doc["spec"].get("quotaPool")
         for name in listed

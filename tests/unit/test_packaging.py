@@ -52,7 +52,7 @@ def test_campaign_kustomization_builds_valid_manifests() -> None:
         text=True,
     ).stdout
     documents = list(yaml.safe_load_all(built))
-    assert sorted(m["kind"] for m in documents) == ["FleetDispatch"] * 3 + ["QuotaPool"]
+    assert sorted(m["kind"] for m in documents) == ["FleetCampaign"] + ["FleetDispatch"] * 3 + ["QuotaPool"]
     for manifest in documents:
         assert manifest["metadata"]["namespace"] == "campaign-q4"
         assert manifest["metadata"]["labels"] == {"fleet.dispatch.dev/campaign": "q4-cleanup"}

@@ -103,12 +103,24 @@ hand them to every pod there that runs as it. */}}
 {{- define "fleet-dispatch.operatorRules" -}}
 - apiGroups: [fleet.dispatch.dev]
   resources: [fleetdispatches]
-  verbs: [get, list, watch]
+  # create, patch (spec.suspend) and delete: for the dispatches of FleetCampaigns.
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [fleet.dispatch.dev]
   resources: [fleetdispatches/status]
   verbs: [patch]
 - apiGroups: [fleet.dispatch.dev]
   resources: [fleetdispatches/finalizers]
+  verbs: [update]
+- apiGroups: [fleet.dispatch.dev]
+  resources: [fleetcampaigns]
+  verbs: [list, watch]
+- apiGroups: [fleet.dispatch.dev]
+  resources: [fleetcampaigns/status]
+  verbs: [patch]
+# A campaign's dispatches block its deletion until they are gone (ownerReferences blockOwnerDeletion), which
+# clusters enforcing OwnerReferencesPermissionEnforcement allow only to who may update its finalizers.
+- apiGroups: [fleet.dispatch.dev]
+  resources: [fleetcampaigns/finalizers]
   verbs: [update]
 - apiGroups: [fleet.dispatch.dev]
   resources: [quotapools]

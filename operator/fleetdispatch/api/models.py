@@ -364,6 +364,120 @@ class QuotaPoolStatus(_Status):
     conditions: list[Condition] = []
 
 
+# --- FleetCampaign ----------------------------------------------------------------------------------------
+
+# An item's variables: C identifiers, like a container's env names in practice; FLEET_* is the operator's.
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+PERCENT = r"^(100|[1-9]?[0-9])%$"
+MAX_CAMPAIGN_ITEMS = 5000
+
+
+class CampaignItem(_Spec):
+    name: DnsLabel
+    env: Annotated[
+        dict[
+            Annotated[str, StringConstraints(max_length=256, pattern=ENV_NAME)],
+            Annotated[str, StringConstraints(max_length=32768)],
+        ],
+        Field(max_length=64),
+    ] = {}
+
+    @field_validator("env")
+    @classmethod
+    def _no_fleet_names(cls, env: dict[str, str]) -> dict[str, str]:
+        reserved = sorted(name for name in env if name.startswith("FLEET_"))
+        if reserved:
+            raise ValueError(
+                f"env names starting with FLEET_ are set by the operator ({', '.join(reserved)}); "
+                "use another name"
+            )
+        return env
+
+
+class CampaignTemplate(_Spec):
+    """A FleetDispatch's metadata and spec. The spec is kept as written, to be created as written; it is
+    parsed (`FleetDispatchSpec`) only to be checked."""
+
+    metadata: TemplateMetadata = TemplateMetadata()
+    spec: dict[str, Any]
+
+    @field_validator("spec")
+    @classmethod
+    def _valid_dispatch_spec(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        try:
+            FleetDispatchSpec.model_validate(spec)
+        except ValidationError as error:
+            clauses = describe(error, "").split("; ")
+            raise ValueError("; ".join(c.removeprefix(": ").removeprefix(".") for c in clauses)) from None
+        return spec
+
+
+class FleetCampaignSpec(_Spec):
+    template: CampaignTemplate | None = None
+    items: Annotated[list[CampaignItem], Field(max_length=MAX_CAMPAIGN_ITEMS)] = []
+    parallelism: Annotated[int, Field(ge=1, le=100000)] | None = None
+    max_failed: int | str | None = None
+    suspend: bool = False
+
+    @field_validator("max_failed")
+    @classmethod
+    def _count_or_percentage(cls, value: int | str | None) -> int | str | None:
+        if value is None:
+            return None
+        valid = 0 <= value <= 1000000 if isinstance(value, int) else re.fullmatch(PERCENT, value) is not None
+        if not valid:
+            raise ValueError("maxFailed is a count (0 or more) or a percentage from 0% to 100%")
+        return value
+
+    @field_validator("items")
+    @classmethod
+    def _unique_items(cls, items: list[CampaignItem]) -> list[CampaignItem]:
+        _unique([item.name for item in items], "item name")
+        return items
+
+    @model_validator(mode="after")
+    def _template_for_items(self) -> FleetCampaignSpec:
+        if self.items and self.template is None:
+            raise ValueError(
+                "template is required when there are items: it is what each item's dispatch runs"
+            )
+        return self
+
+    def failure_limit(self, total: int) -> int | None:
+        """How many failed dispatches the campaign tolerates: `maxFailed`, or its percentage of `total`
+        rounded down; None when there is no limit."""
+        if self.max_failed is None:
+            return None
+        if isinstance(self.max_failed, int):
+            return self.max_failed
+        return int(self.max_failed.removesuffix("%")) * total // 100
+
+
+class CampaignCounts(_Status):
+    total: int = 0
+    pending: int = 0
+    running: int = 0
+    backoff: int = 0
+    requeued: int = 0
+    suspended: int = 0
+    succeeded: int = 0
+    failed: int = 0
+
+
+CampaignPhase = Literal["Running", "Suspended", "Succeeded", "Failed"]
+
+
+class FleetCampaignStatus(_Status):
+    observed_generation: int | None = None
+    phase: CampaignPhase | None = None
+    counts: CampaignCounts = CampaignCounts()
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
+    reason: str | None = None
+    message: str | None = None
+    conditions: list[Condition] = []
+
+
 # --- Reading a spec ---------------------------------------------------------------------------------------
 
 
@@ -393,6 +507,14 @@ def parse_spec(raw: Any) -> FleetDispatchSpec:
         raise InvalidSpec(describe(error)) from None
 
 
+def parse_campaign_spec(raw: Any) -> FleetCampaignSpec:
+    """The spec of a FleetCampaign, or `InvalidSpec` naming the fields (for the campaign's `Stalled`)."""
+    try:
+        return FleetCampaignSpec.model_validate(raw)
+    except ValidationError as error:
+        raise InvalidSpec(describe(error)) from None
+
+
 def parse_quota_pool_spec(raw: Any) -> QuotaPoolSpec:
     try:
         return QuotaPoolSpec.model_validate(raw if raw is not None else {})
@@ -406,6 +528,17 @@ def check_name(name: str) -> None:
         raise InvalidSpec(
             f"metadata.name: a FleetDispatch name is at most {MAX_DISPATCH_NAME} characters, because it is "
             "used as a label value on the dispatch's pods"
+        )
+
+
+def check_campaign_names(name: str, spec: FleetCampaignSpec) -> None:
+    """The CRD's rule on a campaign's metadata: each item's dispatch name fits in a label value."""
+    long = [item.name for item in spec.items if len(name) + 1 + len(item.name) > MAX_DISPATCH_NAME]
+    if long:
+        raise InvalidSpec(
+            f"spec.items: each item's dispatch is named <campaign>-<item name>, at most {MAX_DISPATCH_NAME} "
+            f"characters (it is a label value on its pods): shorten the campaign's name or the item's "
+            f"({', '.join(long[:3])}{', ...' if len(long) > 3 else ''})"
         )
 
 

@@ -24,6 +24,12 @@ SESSION_CONTAINER = "session"
 # Every pod of a dispatch carries both; users select a dispatch's pods with them.
 DISPATCH_LABEL = f"{GROUP}/dispatch"
 ATTEMPT_LABEL = f"{GROUP}/attempt"
+# A dispatch that counts in a FleetCampaign's status carries the campaign's name (written by hand, or by the
+# campaign for the dispatches it creates); those also carry their item's name.
+CAMPAIGN_LABEL = f"{GROUP}/campaign"
+ITEM_LABEL = f"{GROUP}/item"
+# The session container of a campaign's dispatch sees its item's name in this variable.
+ITEM_ENV = "FLEET_ITEM"
 
 
 def session_container(names: Sequence[str]) -> int | None:
@@ -73,6 +79,7 @@ def _segment(value: str) -> str:
 
 FLEET_DISPATCHES = Resource(GROUP, VERSION, "fleetdispatches")
 QUOTA_POOLS = Resource(GROUP, VERSION, "quotapools")
+FLEET_CAMPAIGNS = Resource(GROUP, VERSION, "fleetcampaigns")
 PODS = Resource("", "v1", "pods")
 EVENTS = Resource("", "v1", "events")
 NODES = Resource("", "v1", "nodes", namespaced=False)

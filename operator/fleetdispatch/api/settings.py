@@ -98,6 +98,9 @@ class OperatorSettings(BaseModel):
     watch_timeout_seconds: Annotated[int, Field(ge=10)] = 300
     """Server-side timeout of each watch request, so a silently stalled watch is replaced."""
 
+    campaign_status_interval_seconds: Annotated[float, Field(ge=0.1, le=300)] = 5.0
+    """A FleetCampaign's status is written at most once per this many seconds (a phase change at once)."""
+
     leader_election: bool = False
     """Act only while holding a coordination.k8s.io Lease, so that replicas stand by (the chart: on)."""
 

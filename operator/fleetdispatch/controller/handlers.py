@@ -35,12 +35,20 @@ import aiohttp
 import kopf
 
 from fleetdispatch.api import names
-from fleetdispatch.api.names import DISPATCH_LABEL, FLEET_DISPATCHES, PODS, QUOTA_POOLS
+from fleetdispatch.api.names import (
+    CAMPAIGN_LABEL,
+    DISPATCH_LABEL,
+    FLEET_CAMPAIGNS,
+    FLEET_DISPATCHES,
+    PODS,
+    QUOTA_POOLS,
+)
 from fleetdispatch.api.settings import OperatorSettings
 from fleetdispatch.client import credentials
 from fleetdispatch.client.credentials import Credentials
 from fleetdispatch.client.kubeapi import KubeApi
 from fleetdispatch.controller.cache import Key
+from fleetdispatch.controller.campaigns import Campaigns, MemberView, member_view
 from fleetdispatch.controller.metrics import Metrics, api_trace, pool_states
 from fleetdispatch.controller.metrics import serve as serve_metrics
 from fleetdispatch.controller.reconciler import COMPONENT, Reconciler
@@ -72,6 +80,7 @@ class Runtime:
     metrics: Metrics
     credentials: Credentials | None = None
     reconciler: Reconciler | None = None
+    campaigns: Campaigns | None = None
     metrics_runner: Any = None
     kopf_session: tuple[Any, Any] | None = None  # the last login's ConnectionInfo and kopf.AiohttpSession
     # The watched namespaces (empty: all), where the supervisors' Leases are watched too.
@@ -100,7 +109,21 @@ class Runtime:
                 self.options, kube, self.metrics, pods=pods, pools=pools, lease_namespaces=self.namespaces
             )
             self.reconciler.start()
+            members_index = indices["fleet_campaign_members"]
+
+            def members(key: Key) -> Iterable[MemberView]:
+                return members_index.get(key, ())  # type: ignore[no-any-return]
+
+            self.campaigns = Campaigns(
+                kube, members, status_interval=self.options.campaign_status_interval_seconds
+            )
+            self.campaigns.start()
         return self.reconciler
+
+    def campaigns_for(self, indices: Mapping[str, Any]) -> Campaigns:
+        self.reconciler_for(indices)
+        assert self.campaigns is not None
+        return self.campaigns
 
 
 class _NoDiffBase(kopf.AnnotationsDiffBaseStorage):
@@ -195,6 +218,22 @@ async def _pod_event(
 @kopf.on.event(names.GROUP, names.VERSION, FLEET_DISPATCHES.plural)
 async def _dispatch_event(event: kopf.RawEvent, memo: Any, **kwargs: Any) -> None:
     memo.runtime.reconciler_for(kwargs).saw_dispatch(event["object"], deleted=event.get("type") == "DELETED")
+    meta = event["object"].get("metadata") or {}
+    campaign = (meta.get("labels") or {}).get(CAMPAIGN_LABEL)
+    if campaign:
+        memo.runtime.campaigns_for(kwargs).saw_member(str(meta.get("namespace")), str(campaign))
+
+
+@kopf.index(names.GROUP, names.VERSION, FLEET_DISPATCHES.plural, labels={CAMPAIGN_LABEL: kopf.PRESENT})
+async def fleet_campaign_members(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[Key, MemberView]:
+    return {(str(namespace), labels[CAMPAIGN_LABEL]): member_view(body)}
+
+
+@kopf.on.event(names.GROUP, names.VERSION, FLEET_CAMPAIGNS.plural)
+async def _campaign_event(event: kopf.RawEvent, memo: Any, **kwargs: Any) -> None:
+    memo.runtime.campaigns_for(kwargs).saw_campaign(event["object"], deleted=event.get("type") == "DELETED")
 
 
 @kopf.index(names.GROUP, names.VERSION, QUOTA_POOLS.plural)
@@ -230,6 +269,8 @@ async def _cleanup(memo: Any, **_: Any) -> None:
     runtime: Runtime = memo.runtime
     if runtime.reconciler is not None:
         await runtime.reconciler.stop()
+    if runtime.campaigns is not None:
+        await runtime.campaigns.stop()
     if runtime.metrics_runner is not None:
         await runtime.metrics_runner.cleanup()
 

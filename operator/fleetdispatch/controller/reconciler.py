@@ -37,6 +37,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import BaseModel
+
 from fleetdispatch.api import names
 from fleetdispatch.api.models import FleetDispatchStatus
 from fleetdispatch.api.settings import OperatorSettings
@@ -65,7 +67,7 @@ class CreateRefused(Exception):
     Security, an admission webhook)."""
 
 
-def status_patch(stored: Mapping[str, Any], wanted: FleetDispatchStatus) -> dict[str, Any]:
+def status_patch(stored: Mapping[str, Any], wanted: BaseModel) -> dict[str, Any]:
     """The merge patch from the stored status to `wanted`: changed fields, and None for cleared ones.
 
     Compared with what is stored (not with a re-parse of it), so defaults such as `failures: 0` are
@@ -73,7 +75,7 @@ def status_patch(stored: Mapping[str, Any], wanted: FleetDispatchStatus) -> dict
     """
     after = wanted.model_dump(by_alias=True, mode="json", exclude_none=True)
     patch = {k: v for k, v in after.items() if stored.get(k) != v}
-    known = {info.alias or name for name, info in FleetDispatchStatus.model_fields.items()}
+    known = {info.alias or name for name, info in type(wanted).model_fields.items()}
     patch.update({k: None for k in stored if k in known and k not in after})
     return patch
 

@@ -295,7 +295,8 @@ def _problems(template: Mapping[str, Any]) -> list[str]:
     where = f"{_TEMPLATE}.containers[{session_index}]"
     for index, variable in enumerate(session.get("env") or []):
         name = str(variable.get("name") or "")
-        if name.startswith(RESERVED_ENV_PREFIX):
+        # FLEET_ITEM is the one a template may set: a FleetCampaign writes it into its dispatches.
+        if name.startswith(RESERVED_ENV_PREFIX) and name != names.ITEM_ENV:
             problems.append(
                 f"{where}.env[{index}].name: {name!r} is reserved: the operator sets the session's "
                 f"{RESERVED_ENV_PREFIX}* variables ({protocol.ENV_DISPATCH}, {protocol.ENV_ATTEMPT}, "

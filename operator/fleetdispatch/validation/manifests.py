@@ -26,12 +26,12 @@ from fleetdispatch.validation.admission import admit
 from fleetdispatch.validation.messages import FieldError, format_invalid
 from fleetdispatch.validation.values import MAX_DEPTH, MAX_VALUES, server_integer
 
-CRD_FILES = ("fleetdispatches.yaml", "quotapools.yaml")
+CRD_FILES = ("fleetdispatches.yaml", "quotapools.yaml", "fleetcampaigns.yaml")
 
 
 @cache
 def crds() -> dict[str, dict[str, Any]]:
-    """The packaged CRDs by kind (`FleetDispatch`, `QuotaPool`)."""
+    """The packaged CRDs by kind (`FleetDispatch`, `QuotaPool`, `FleetCampaign`)."""
     folder = resources.files("fleetdispatch.api") / "crds"
     loaded = {}
     for name in CRD_FILES:
@@ -94,6 +94,9 @@ def _model_error(kind: str, obj: Mapping[str, Any], old: Mapping[str, Any] | Non
 def _parse(kind: str, obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> None:
     if kind == "QuotaPool":
         models.parse_quota_pool_spec(obj.get("spec"))
+        return
+    if kind == "FleetCampaign":
+        models.check_campaign_names(_name(obj), models.parse_campaign_spec(obj.get("spec")))
         return
     models.check_name(_name(obj))
     spec = models.parse_spec(obj.get("spec"))
