@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import pstats
 import sys
 import tempfile
 import time
@@ -72,8 +73,8 @@ def campaign_body(items: int) -> dict[str, Any]:
 class CampaignOperator(Operator):
     """The bench's operator, with the campaign's status interval set."""
 
-    def __init__(self, cluster: BackgroundCluster, workdir: Path, interval: float) -> None:
-        super().__init__(cluster, workdir)
+    def __init__(self, cluster: BackgroundCluster, workdir: Path, interval: float, profile: bool) -> None:
+        super().__init__(cluster, workdir, profile=profile)
         self.interval = interval
 
     def start(self, timeout: float = 60.0) -> None:
@@ -83,6 +84,7 @@ class CampaignOperator(Operator):
             f"--metrics-port={self.metrics_port}",
             f"--health-port={self.health_port}",
             f"--campaign-status-interval-seconds={self.interval}",
+            python_args=["-m", "cProfile", "-o", str(self.profile_path)] if self.profile_path else [],
             timeout=timeout,
         )
         self.ps = psutil.Process(self.process.pid)
@@ -172,6 +174,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--items", type=int, default=2000, help="dispatches of each run")
     parser.add_argument("--interval", type=float, default=5.0, help="--campaign-status-interval-seconds")
+    parser.add_argument("--plain", action=argparse.BooleanOptionalAction, default=True, help="run P too")
+    parser.add_argument(
+        "--profile", action="store_true", help="the operator under cProfile; its top functions"
+    )
     args = parser.parse_args()
     print(f"python {sys.version.split()[0]}, {psutil.cpu_count()} CPUs, load {psutil.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="fleetdispatch-bench-") as temporary:
@@ -183,11 +189,13 @@ def main() -> None:
             )
             make_namespace(cluster, PLAIN)
             make_namespace(cluster, CAMPAIGN)
-            operator = CampaignOperator(cluster, Path(temporary), args.interval)
+            operator = CampaignOperator(cluster, Path(temporary), args.interval, args.profile)
             try:
                 operator.start()
-                print(f"Run P: {args.items} plain dispatches at once, instant pods")
-                plain_ms = asyncio.run(plain(cluster, operator, args.items))
+                plain_ms = 0.0
+                if args.plain:
+                    print(f"Run P: {args.items} plain dispatches at once, instant pods")
+                    plain_ms = asyncio.run(plain(cluster, operator, args.items))
                 print(f"Run C: one campaign of {args.items} items, instant pods")
                 asyncio.run(campaign(cluster, operator, args.items, plain_ms))
             except BaseException:
@@ -195,6 +203,10 @@ def main() -> None:
                 raise
             finally:
                 operator.stop()
+            if operator.profile_path is not None and operator.profile_path.exists():
+                stats = pstats.Stats(str(operator.profile_path), stream=sys.stdout)
+                stats.sort_stats("tottime").print_stats(25)
+                stats.sort_stats("cumulative").print_stats(45)
 
 
 if __name__ == "__main__":

@@ -231,7 +231,7 @@ def hold(case: str, found: list[str]) -> None:
 def test_the_cases_are_the_corpus_and_the_examples() -> None:
     assert len(CREATES) >= 40 and len(UPDATES) >= 5
     kinds = {doc["kind"] for _, doc in EXAMPLES}
-    assert kinds == {"FleetDispatch", "QuotaPool"}
+    assert kinds == {"FleetDispatch", "QuotaPool", "FleetCampaign"}
     assert len(EXAMPLES) >= 10
     assert len(set(CASE_IDS)) == len(CASE_IDS)
     # The known differences name cases that exist, each with its reason.

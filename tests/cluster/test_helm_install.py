@@ -48,7 +48,7 @@ RELEASE = "fleet-dispatch"
 RELEASE_NAMESPACE = "fleet-helm"
 TEAM_A, TEAM_B = "team-a", "team-b"
 OPERATOR_USER = f"system:serviceaccount:{RELEASE_NAMESPACE}:{RELEASE}"
-CRDS = (f"fleetdispatches.{GROUP}", f"quotapools.{GROUP}")
+CRDS = (f"fleetdispatches.{GROUP}", f"fleetcampaigns.{GROUP}", f"quotapools.{GROUP}")
 SELECTOR = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=operator"
 # What the kubelet's projected token carries, and the audit log shows with each request it authenticates.
 POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
@@ -79,7 +79,13 @@ class Helm:
 
 def operator_pods(kube: Kube) -> list[dict[str, Any]]:
     path = f"/api/v1/namespaces/{RELEASE_NAMESPACE}/pods"
-    return [p for p in kube.items(path, labelSelector=SELECTOR) if not p["metadata"].get("deletionTimestamp")]
+    # A pod that ended (an operator that exited, replaced by its ReplicaSet) is not one of them.
+    return [
+        p
+        for p in kube.items(path, labelSelector=SELECTOR)
+        if not p["metadata"].get("deletionTimestamp")
+        and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+    ]
 
 
 def running_operator_pod(kube: Kube, other_than: str = "") -> dict[str, Any]:

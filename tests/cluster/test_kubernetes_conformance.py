@@ -46,6 +46,7 @@ def test_the_crds_apply_without_warnings_and_are_established(kubectl: Kubectl) -
     applied = kubectl.run("apply", "--server-side", "--force-conflicts", "-f", str(CRDS))
     assert "Warning:" not in applied.stdout + applied.stderr, applied.stderr
     assert sorted(applied.stdout.splitlines()) == [
+        f"customresourcedefinition.apiextensions.k8s.io/fleetcampaigns.{GROUP} serverside-applied",
         f"customresourcedefinition.apiextensions.k8s.io/fleetdispatches.{GROUP} serverside-applied",
         f"customresourcedefinition.apiextensions.k8s.io/quotapools.{GROUP} serverside-applied",
     ]
@@ -54,7 +55,7 @@ def test_the_crds_apply_without_warnings_and_are_established(kubectl: Kubectl) -
     dry = kubectl.run("apply", "--dry-run=server", "-f", str(CRDS))
     warnings = [line for line in dry.stderr.splitlines() if "Warning:" in line]
     assert [line for line in warnings if _LAST_APPLIED not in line] == [], dry.stderr
-    for name in ("fleetdispatches", "quotapools"):
+    for name in ("fleetdispatches", "fleetcampaigns", "quotapools"):
         crd = json.loads(kubectl.run("get", "crd", f"{name}.{GROUP}", "-o", "json").stdout)
         conditions = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
         assert conditions["Established"] == conditions["NamesAccepted"] == "True", conditions

@@ -33,7 +33,7 @@ def test_the_token_written_during_a_suspended_attempt_reaches_the_resumed_one(ns
     eventually(lambda: "held-1" not in names(), 20, "the suspended attempt's pod deleted")
     eventually(
         lambda: ns.status("held").get("resumeToken") == "written-while-suspended",
-        10,
+        30,
         "the supervisor's reported token in the suspended dispatch's status",
     )
     ns.patch_spec("held", {"suspend": False})

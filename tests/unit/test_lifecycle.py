@@ -53,9 +53,19 @@ class Flow:
     generation: int = 1
     limits: Limits = field(default_factory=Limits)
     invalid: str | None = None
+    gone_pod_report: tuple[str, str] | None = None
 
     def dispatch(self) -> Dispatch:
-        return Dispatch("job", "default", UID, self.generation, self.spec, self.status, self.invalid)
+        return Dispatch(
+            "job",
+            "default",
+            UID,
+            self.generation,
+            self.spec,
+            self.status,
+            self.invalid,
+            gone_pod_report=self.gone_pod_report,
+        )
 
     def step(self, now: datetime, *pods: dict[str, Any]) -> Decision:
         decision = reconcile(self.dispatch(), [observe(p) for p in pods], now, self.limits)
@@ -742,6 +752,22 @@ def test_a_suspended_attempt_passes_the_token_its_supervisor_reported_on_term_to
     d = flow.step(T0 + s(4000))
     assert d.create == AttemptRequest(2, True, "tok-suspended")
     assert d.status.resume_token == "tok-suspended"
+
+
+def test_a_suspended_pod_removed_before_a_reconcile_saw_its_report_still_passes_the_token() -> None:
+    # The kubelet writes the final status and removes the pod at once: the operator has only the pod's
+    # DELETED event, whose object holds the supervisor's report (the shell passes it as gone_pod_report).
+    flow = started_flow(spec_of())
+    flow.step(T0 + s(10), active(1, T0))
+    flow.update(suspend=True)
+    assert flow.step(T0 + s(20), active(1, T0)).status.phase == "Suspended"
+    flow.gone_pod_report = ("job-2", supervisor_report("tok-other-pod"))
+    assert flow.step(T0 + s(25)).status.resume_token is None  # another pod's report is not this attempt's
+    flow.gone_pod_report = ("job-1", supervisor_report("tok-from-the-deleted-event"))
+    d = flow.step(T0 + s(26))
+    assert (d.status.phase, d.status.resume_token) == ("Suspended", "tok-from-the-deleted-event")
+    flow.update(suspend=False)
+    assert flow.step(T0 + s(30)).create == AttemptRequest(2, True, "tok-from-the-deleted-event")
 
 
 def test_a_token_reported_after_unsuspending_still_reaches_the_next_attempt() -> None:

@@ -210,9 +210,16 @@ async def fleet_pods(
 
 @kopf.on.event(PODS.plural, labels={DISPATCH_LABEL: kopf.PRESENT})
 async def _pod_event(
-    namespace: str | None, name: str, labels: Mapping[str, str], memo: Any, **kwargs: Any
+    event: kopf.RawEvent,
+    namespace: str | None,
+    name: str,
+    labels: Mapping[str, str],
+    memo: Any,
+    **kwargs: Any,
 ) -> None:
-    memo.runtime.reconciler_for(kwargs).saw_pod(str(namespace), name, labels[DISPATCH_LABEL])
+    # A deleted pod leaves kopf's index at once: keep what its supervisor last reported (a resume token).
+    gone = observe(event["object"]).supervisor_message if event.get("type") == "DELETED" else None
+    memo.runtime.reconciler_for(kwargs).saw_pod(str(namespace), name, labels[DISPATCH_LABEL], gone)
 
 
 @kopf.on.event(names.GROUP, names.VERSION, FLEET_DISPATCHES.plural)

@@ -154,6 +154,9 @@ class Reconciler:
         )
         # When live figures were last written, per dispatch (in memory: a restart writes at once).
         self._live_written: dict[Key, datetime] = {}
+        # The supervisor's report of each dispatch's last pod that went away (pod name, message), from the
+        # pod's DELETED event: the final status of a suspended attempt's pod can vanish before a reconcile.
+        self._gone_reports: dict[Key, tuple[str, str]] = {}
         # Namespaces found without the heartbeat's ServiceAccount, until when (monotonic).
         self._no_heartbeat: dict[str, float] = {}
         self._settings_without_heartbeat = settings.model_copy(update={"heartbeat_service_account": None})
@@ -191,14 +194,18 @@ class Reconciler:
             gone = self.cache.forget(key)
             self.queue.discard(key)
             self._live_written.pop(key, None)
+            self._gone_reports.pop(key, None)
             if gone is not None and gone.pool is not None:
                 self.pools.left(key, gone.pool)
             return
         if self.remember(key, body):
             self.queue.add(key)
 
-    def saw_pod(self, namespace: str, pod_name: str, dispatch: str) -> None:
+    def saw_pod(self, namespace: str, pod_name: str, dispatch: str, gone_report: str | None = None) -> None:
+        """A pod event; `gone_report` is the supervisor's termination message of a pod that was deleted."""
         self.pods.seen(namespace, pod_name)
+        if gone_report:
+            self._gone_reports[(namespace, dispatch)] = (pod_name, gone_report)
         self.queue.add((namespace, dispatch))
 
     def saw_lease(self, namespace: str, dispatch: str) -> None:
@@ -257,6 +264,7 @@ class Reconciler:
             status=status,
             invalid=cached.parsed.invalid,
             gate=gate,
+            gone_pod_report=self._gone_reports.get(key),
         )
         pods = self.pods.of(key, cached.uid)
         heartbeat = await self._heartbeat(key, status, now)

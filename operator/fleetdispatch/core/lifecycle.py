@@ -137,6 +137,9 @@ class Dispatch:
     # The supervisor's heartbeat, when the operator follows Leases (`live`): the running attempt's status
     # mirrors its figures, and a Lease no longer renewed ends the attempt (`SupervisorLost`).
     heartbeat: live.Live | None = None
+    # The supervisor's last report of a pod that is gone (pod name, termination message), from its DELETED
+    # event: a suspended attempt's pod may be removed before a reconcile reads its final status.
+    gone_pod_report: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -546,7 +549,11 @@ class _Reconcile:
         if last is None or last.outcome != SUSPENDED or last.attempt != s.attempt:
             return  # no suspension, or a later attempt already started
         pod = next((p for p in self.pods if p.name == last.pod_name), None)
-        token = classify.read_resume_token(pod.supervisor_message) if pod is not None else None
+        message = pod.supervisor_message if pod is not None else None
+        gone = self.dispatch.gone_pod_report
+        if message is None and gone is not None and gone[0] == last.pod_name:
+            message = gone[1]
+        token = classify.read_resume_token(message)
         if token is not None:
             s.resume_token = token
 
