@@ -152,22 +152,8 @@ def invalid(
     status = campaign_status.model_copy(deep=True)
     status.observed_generation = generation
     status.reason, status.message = INVALID_SPEC, message
-    result = status.conditions
-    for type_, true in (
-        (conditions.READY, False),
-        (conditions.RECONCILING, False),
-        (conditions.STALLED, True),
-    ):
-        result = conditions.set_condition(
-            result,
-            type_,
-            status="True" if true else "False",
-            reason=INVALID_SPEC,
-            message=message if true or type_ == conditions.READY else "",
-            generation=generation,
-            now=now,
-        )
-    status.conditions = result
+    table = ((conditions.READY, False), (conditions.RECONCILING, False), (conditions.STALLED, True))
+    status.conditions = _set_conditions(status.conditions, table, INVALID_SPEC, message, generation, now)
     return status
 
 
@@ -202,7 +188,18 @@ def _conditions(
         (conditions.RECONCILING, phase == "Running"),
         (conditions.STALLED, phase == "Failed"),
     )
-    result = list(old.conditions)
+    return _set_conditions(old.conditions, table, reason, message, generation, now)
+
+
+def _set_conditions(  # noqa: PLR0917 - the one loop both statuses share
+    current: list[Condition],
+    table: tuple[tuple[str, bool], ...],
+    reason: str,
+    message: str,
+    generation: int,
+    now: datetime,
+) -> list[Condition]:
+    result = list(current)
     for type_, true in table:
         result = conditions.set_condition(
             result,
