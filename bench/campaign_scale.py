@@ -151,6 +151,7 @@ async def campaign(
     creates = sum(
         1 for e in events if e.get("verb") == "create" and benchkit.resource(e) == "fleetdispatches"
     )
+    benchkit.report_requests(events, items, "dispatch")
     bound = int(elapsed / operator.interval) + 1 + 3  # one per interval, plus the phase changes
     counts = body["status"]["counts"]
     row("run C: campaign Succeeded after", f"{elapsed:.2f} s ({items / elapsed:.0f} dispatches/s)")
@@ -178,6 +179,7 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="the operator under cProfile; its top functions"
     )
+    parser.add_argument("--log", type=Path, help="keep the operator's log there")
     args = parser.parse_args()
     print(f"python {sys.version.split()[0]}, {psutil.cpu_count()} CPUs, load {psutil.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="fleetdispatch-bench-") as temporary:
@@ -203,6 +205,8 @@ def main() -> None:
                 raise
             finally:
                 operator.stop()
+                if args.log:
+                    args.log.write_text(operator.log_path.read_text(errors="replace"))
             if operator.profile_path is not None and operator.profile_path.exists():
                 stats = pstats.Stats(str(operator.profile_path), stream=sys.stdout)
                 stats.sort_stats("tottime").print_stats(25)

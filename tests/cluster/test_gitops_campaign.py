@@ -137,9 +137,12 @@ def _settled(campaign: Campaign) -> dict[str, Any]:
 
 
 def test_the_pool_is_applied_before_the_dispatches_that_name_it(campaign: Campaign) -> None:
-    created = [message for reason, message in campaign.ns.events() if reason == "Created"]
-    assert len(created) == 2
-    assert not [m for m in created if "does not exist" in m], created
+    def told() -> list[tuple[str, str]] | None:
+        events = campaign.ns.events()
+        return events if any(reason in ("Started", "Succeeded") for reason, _ in events) else None
+
+    events = eventually(told, 10, "the dispatches' Events")
+    assert not [message for reason, message in events if reason == "QuotaPoolMissing"], events
 
 
 def test_reapplying_the_same_manifests_changes_nothing_and_starts_nothing(campaign: Campaign) -> None:

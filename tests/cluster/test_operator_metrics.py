@@ -265,7 +265,12 @@ def test_pool_gauges_and_requeue_lateness_follow_the_pools(
     outcome = {"reason": "QuotaExhausted", "resetAt": reset}
     ns.pod_status("quota-1", terminated(now_rfc3339(), 75, json.dumps(outcome)))
     requeued = ns.wait_phase("quota", "Requeued")
-    samples = eventually(lambda: shows(shared, 0, 0, 1), 10, "the member requeued")
+    # The counts follow the member's status write; the reset is recorded by the same reconcile just after.
+    samples = eventually(
+        lambda: (found := shows(shared, 0, 0, 1)) and value(found, exhausted, **shared) and found,
+        10,
+        "the member requeued, the pool's reset recorded",
+    )
     assert value(samples, exhausted, **shared) == _time(reset).timestamp()
     stored = eventually(
         lambda: ns.kube.get(f"{_pools(ns)}/shared").get("status", {}).get("exhaustedUntil"), 10

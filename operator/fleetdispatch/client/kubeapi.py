@@ -100,11 +100,12 @@ class KubeApi:
                     str(payload.get("reason") or response.reason),
                     str(payload.get("message") or response.reason),
                 )
-            buffer = b""
+            partial = b""
             async for chunk in response.content.iter_any():
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
+                # One split per chunk: a listing's burst of events arrives as large chunks, and splitting
+                # off one line at a time would copy the rest of the chunk once per event.
+                *lines, partial = (partial + chunk).split(b"\n")
+                for line in lines:
                     if line.strip():
                         event = json.loads(line)
                         if isinstance(event, dict):

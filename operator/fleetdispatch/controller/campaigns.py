@@ -1,13 +1,14 @@
 """The FleetCampaign controller: carries out `core.campaign.decide` for each campaign that changed.
 
-A campaign is reconciled when it changes and when one of its dispatches does (kopf's index of dispatches
-labelled `fleet.dispatch.dev/campaign` says which are its members). One pass: parse the spec (an invalid
+A campaign is reconciled when it changes and when one of its dispatches does (the operator's watch of
+dispatches, `watches.Watches`, tells it of each dispatch labelled `fleet.dispatch.dev/campaign`, and it keeps
+a `MemberView` of each). One pass: parse the spec (an invalid
 one stalls the campaign, with an Event), decide, create the missing dispatches (deterministic names: a
 second create is a 409, never a second dispatch), delete those of removed items (with the dispatch's uid
 as a precondition), set `spec.suspend` where it differs, and write the status when it changed, at most
 once per `campaign_status_interval_seconds` whatever the number of dispatches that moved.
 
-Created dispatches are expected until the index shows them (60 s at most), as a ReplicaSet's
+Created dispatches are expected until the watch shows them (60 s at most), as a ReplicaSet's
 expectations: a pass that runs before the watch delivers them counts them live, so `parallelism` holds.
 A pass is O(dispatches), so the dispatches' events start one at most every 0.5 s (a spec change at once),
 and it creates at most 200 dispatches (16 requests at a time) before it writes the status and goes on.
@@ -20,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +29,7 @@ from typing import Any
 from fleetdispatch.api import names
 from fleetdispatch.api.models import (
     CampaignItem,
+    FleetCampaignSpec,
     FleetCampaignStatus,
     InvalidSpec,
     Phase,
@@ -55,7 +57,7 @@ CREATE_CONCURRENCY = 16
 
 @dataclass(frozen=True)
 class MemberView:
-    """What the index keeps of a dispatch labelled with a campaign."""
+    """What the campaigns keep of a dispatch labelled with a campaign."""
 
     name: str
     uid: str
@@ -86,6 +88,10 @@ def member_view(body: Mapping[str, Any]) -> MemberView:
     )
 
 
+def _live(view: MemberView | None) -> int:
+    return int(view is not None and view.phase not in core.TERMINAL)
+
+
 @dataclass
 class Stored:
     """The last seen campaign: enough to decide and to write its status."""
@@ -96,19 +102,23 @@ class Stored:
     status: dict[str, Any]
     expected: dict[str, float] = field(default_factory=dict)  # created dispatch -> when (monotonic)
     last_write: float | None = None
+    parsed: FleetCampaignSpec | InvalidSpec | None = None  # the spec of this generation, parsed once
+    # The last pass had nothing left to create, delete or suspend: a member's event can only change counts.
+    settled: bool = False
 
 
 class Campaigns:
     def __init__(
         self,
         api: KubeApi,
-        members: Callable[[Key], Iterable[MemberView]],
         *,
         status_interval: float,
         workers: int = 2,
         instance: str = "",
     ) -> None:
-        self.api, self.members, self.status_interval, self._instance = api, members, status_interval, instance
+        self.api, self.status_interval, self._instance = api, status_interval, instance
+        self._members: dict[Key, dict[str, MemberView]] = {}  # campaign -> its dispatches
+        self._live: dict[Key, int] = {}  # campaign -> how many of its members have not finished
         self.queue: WorkQueue[Key] = WorkQueue()
         self.stored: dict[Key, Stored] = {}
         self.workers = Workers(self.queue, self.reconcile, workers, failed=self._failed, name="campaign")
@@ -136,14 +146,44 @@ class Campaigns:
         )
         if old is not None and old.uid == stored.uid:
             stored.expected, stored.last_write = old.expected, old.last_write
+            if old.generation == stored.generation:
+                stored.parsed = old.parsed
         self.stored[key] = stored
         self.queue.add(key)
 
-    def saw_member(self, namespace: str, campaign: str) -> None:
+    def saw_member(self, namespace: str, campaign: str, name: str, body: Mapping[str, Any] | None) -> None:
+        """Dispatch `name` labelled with `campaign` changed (`body`), or went or left it (None)."""
         key = (namespace, campaign)
-        if key in self.stored and key not in self._debounced:
-            self._debounced.add(key)
-            self.queue.add_after(key, MEMBER_DEBOUNCE_SECONDS)
+        members = self._members.setdefault(key, {})
+        before = members.pop(name, None)
+        view = member_view(body) if body is not None else None
+        if view is not None:
+            members[name] = view
+        elif not members:
+            del self._members[key]
+        live = self._live.get(key, 0) + _live(view) - _live(before)
+        if live:
+            self._live[key] = live
+        else:
+            self._live.pop(key, None)
+        stored = self.stored.get(key)
+        if stored is None or key in self._debounced:
+            return
+        self._debounced.add(key)
+        self.queue.add_after(key, self._debounce(stored, before, view, live))
+
+    def _debounce(
+        self, stored: Stored, before: MemberView | None, view: MemberView | None, live: int
+    ) -> float:
+        """How soon a member's event starts a pass. A pass is O(members): while nothing is left to create
+        (no free slot to fill) an event can only change the counts, which are written once per status
+        interval anyway, so it waits that long, unless it can change the phase: a failure (maxFailed), a
+        member gone or new, or the last live member finishing."""
+        if not stored.settled or before is None or view is None or view.phase == "Failed":
+            return MEMBER_DEBOUNCE_SECONDS
+        if live == 0 and view.phase in core.TERMINAL and before.phase not in core.TERMINAL:
+            return MEMBER_DEBOUNCE_SECONDS
+        return max(MEMBER_DEBOUNCE_SECONDS, self.status_interval)
 
     async def reconcile(self, key: Key) -> None:
         self._debounced.discard(key)
@@ -153,14 +193,18 @@ class Campaigns:
         namespace, name = key
         now, clock = datetime.now(UTC), time.monotonic()
         old_status = FleetCampaignStatus.model_validate(stored.status)
-        try:
-            spec = parse_campaign_spec(stored.spec)
-            check_campaign_names(name, spec)
-        except InvalidSpec as error:
-            status = core.invalid(old_status, stored.generation, str(error), now)
+        if stored.parsed is None:
+            try:
+                stored.parsed = parse_campaign_spec(stored.spec)
+                check_campaign_names(name, stored.parsed)
+            except InvalidSpec as error:
+                stored.parsed = error
+        spec = stored.parsed
+        if isinstance(spec, InvalidSpec):
+            status = core.invalid(old_status, stored.generation, str(spec), now)
             await self._write_status(key, stored, status, clock, urgent=True)
             return
-        views = list(self.members(key))
+        views = list(self._members.get(key, {}).values())
         seen = {view.name for view in views}
         stored.expected = {
             n: at for n, at in stored.expected.items() if n not in seen and clock - at < EXPECTATION_SECONDS
@@ -197,6 +241,8 @@ class Campaigns:
             raise failure
         if len(decision.create) > len(batch):
             self.queue.add(key)  # the next batch, once this pass has written the status
+        missing = spec.parallelism is not None and len(views) + len(stored.expected) < len(spec.items)
+        stored.settled = not (decision.create or decision.delete or decision.suspend or missing)
         uids = {view.name: view.uid for view in views}
         for dispatch in decision.delete:
             options = {"preconditions": {"uid": uids[dispatch]}, "propagationPolicy": "Background"}

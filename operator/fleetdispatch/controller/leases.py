@@ -7,9 +7,9 @@ needs to know since when its view is unbroken (`visible_since`, reset by every f
 a watch error or an expired resourceVersion), which kopf does not say, and with the heartbeat off nothing is
 watched at all (no RBAC on Leases is needed then).
 
-One watch per watched namespace (cluster-wide when the operator watches all). A watch that the server ends
-(its `timeoutSeconds`) is resumed from its last resourceVersion and stays unbroken; a failed one is listed
-again after a growing pause (1 s to 30 s), which resets `visible_since`. `read(namespace, name)` lists one
+The list and watch are an `informer.Informer` (one watch per watched namespace, cluster-wide when the
+operator watches all): a watch that the server ends is resumed and stays unbroken; a failed one is listed
+again after a growing pause, which resets `visible_since`. `read(namespace, name)` lists one
 Lease again, for the reconciler to confirm a Lease that looks stale before it ends an attempt (a watch that
 stalled silently must not end healthy sessions).
 
@@ -18,20 +18,15 @@ Deliberately not here: trusting or judging a Lease (`core.live`) and anything ab
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from fleetdispatch.api.names import DISPATCH_LABEL, LEASES
 from fleetdispatch.client.kubeapi import KubeApi
+from fleetdispatch.controller.informer import Informer, Key
 from fleetdispatch.core import live
 from fleetdispatch.core.live import LeaseView
-
-logger = logging.getLogger("fleetdispatch.controller")
-
-Key = tuple[str, str]  # (namespace, Lease name)
-RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 
 class LeaseWatch:
@@ -46,23 +41,27 @@ class LeaseWatch:
         timeout_seconds: int = 300,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.api, self.on_change, self.clock = api, on_change, clock
-        self._scopes: tuple[str | None, ...] = tuple(namespaces) or (None,)
-        self._timeout = timeout_seconds
-        self._leases: dict[Key, LeaseView] = {}
-        self._visible_since: dict[str | None, datetime] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self.api, self.on_change = api, on_change
+        self.informer: Informer[LeaseView] = Informer(
+            api,
+            LEASES,
+            namespaces,
+            live.observe,
+            self._changed,
+            label_selector=DISPATCH_LABEL,
+            timeout_seconds=timeout_seconds,
+            clock=clock,
+        )
 
     def __len__(self) -> int:
-        return len(self._leases)
+        return len(self.informer)
 
     def get(self, namespace: str, name: str) -> LeaseView | None:
-        return self._leases.get((namespace, name))
+        return self.informer.get(namespace, name)
 
     def visible_since(self, namespace: str) -> datetime | None:
         """Since when the view of `namespace`'s Leases is unbroken; None before its first listing."""
-        scope = namespace if namespace in self._visible_since else None
-        return self._visible_since.get(scope)
+        return self.informer.visible_since(namespace)
 
     async def read(self, namespace: str, name: str) -> LeaseView | None:
         """The Lease as the API server has it now (kept, too); None when it does not exist.
@@ -72,85 +71,19 @@ class LeaseWatch:
         listing = await self.api.request("GET", LEASES.path(namespace), params=params)
         items = listing.get("items") or []
         if not items:
-            self._leases.pop((namespace, name), None)
+            self.informer.drop(namespace, name)
             return None
-        view = live.observe(items[0])
-        self._leases[(namespace, name)] = view
-        return view
-
-    # --- running -------------------------------------------------------------------------------------
+        return self.informer.keep(items[0])
 
     def start(self) -> None:
-        for scope in self._scopes:
-            self._tasks.append(asyncio.create_task(self._follow(scope), name=f"fleetdispatch-leases-{scope}"))
+        self.informer.start()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        await self.informer.stop()
 
-    async def _follow(self, scope: str | None) -> None:
-        failures = 0
-        while True:
-            try:
-                version: str | None = await self._list(scope)
-                failures = 0
-                while version is not None:
-                    version = await self._watch(scope, version)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # the API server is down, forbidden, a broken connection: list again
-                pause = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]
-                failures += 1
-                logger.warning(
-                    "watching Leases in %s failed (again in %g s): %s", scope or "all", pause, error
-                )
-                await asyncio.sleep(pause)
-
-    def _keep(self, view: LeaseView) -> None:
-        key = (view.namespace, view.name)
-        before = self._leases.get(key)
-        self._leases[key] = view
-        if view.dispatch and view != before:
-            self.on_change(view.namespace, view.dispatch)
-
-    def _drop(self, view: LeaseView) -> None:
-        if self._leases.pop((view.namespace, view.name), None) is not None and view.dispatch:
-            self.on_change(view.namespace, view.dispatch)
-
-    async def _list(self, scope: str | None) -> str:
-        listing = await self.api.request("GET", LEASES.path(scope), params={"labelSelector": DISPATCH_LABEL})
-        seen = set()
-        for item in listing.get("items") or []:
-            view = live.observe(item)
-            seen.add((view.namespace, view.name))
-            self._keep(view)
-        for key, view in list(self._leases.items()):
-            if (scope is None or key[0] == scope) and key not in seen:
-                self._drop(view)
-        self._visible_since[scope] = self.clock()
-        return str((listing.get("metadata") or {}).get("resourceVersion") or "")
-
-    async def _watch(self, scope: str | None, version: str) -> str | None:
-        """One watch request from `version`; the version to resume from, or None to list again."""
-        params = {
-            "watch": "1",
-            "labelSelector": DISPATCH_LABEL,
-            "resourceVersion": version,
-            "allowWatchBookmarks": "true",
-            "timeoutSeconds": str(self._timeout),
-        }
-        async for event in self.api.watch(LEASES.path(scope), params):
-            kind, body = event.get("type"), event.get("object") or {}
-            if kind == "ERROR":
-                return None  # 410 Gone, most often: the version is too old
-            version = str((body.get("metadata") or {}).get("resourceVersion") or version)
-            if kind == "BOOKMARK":
-                continue
-            view = live.observe(body)
-            if kind == "DELETED":
-                self._drop(view)
-            else:
-                self._keep(view)
-        return version
+    def _changed(
+        self, key: Key, view: LeaseView | None, before: LeaseView | None, body: Mapping[str, Any] | None
+    ) -> None:
+        last = view if view is not None else before
+        if last is not None and last.dispatch and view != before:
+            self.on_change(key[0], last.dispatch)

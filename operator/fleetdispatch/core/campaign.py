@@ -86,18 +86,20 @@ def dispatch_name(campaign: str, item: str) -> str:
 def decide(campaign: Campaign, members: Sequence[Member], now: datetime) -> Decision:
     spec, name = campaign.spec, campaign.name
     by_name = {member.name: member for member in members}
-    wanted = {dispatch_name(name, item.name) for item in spec.items}
-    missing = tuple(item for item in spec.items if dispatch_name(name, item.name) not in by_name)
+    item_names = [dispatch_name(name, item.name) for item in spec.items]
+    wanted = set(item_names)
+    missing = tuple(item for item, n in zip(spec.items, item_names, strict=True) if n not in by_name)
     # Owned dispatches whose item is gone: deleted unless finished (then kept and counted).
     removed = [m for m in members if m.owned and m.name not in wanted and not m.finished]
     delete = tuple(m.name for m in removed if not m.deleting)
     going = {m.name for m in removed}
     counted = [m for m in members if m.name not in going and not (m.deleting and m.name not in wanted)]
 
-    counts = CampaignCounts(total=len(counted) + len(missing), pending=len(missing))
+    buckets = {"pending": len(missing)}
     for member in counted:
         bucket = (member.phase or "Pending").lower()
-        setattr(counts, bucket, getattr(counts, bucket) + 1)
+        buckets[bucket] = buckets.get(bucket, 0) + 1
+    counts = CampaignCounts(total=len(counted) + len(missing), **buckets)
 
     limit = spec.failure_limit(counts.total)
     over = limit is not None and counts.failed > limit
