@@ -1,7 +1,9 @@
 """Credentials as users give them, loaded for real: kubeconfigs of several contexts and files, an exec
 credential plugin that is a real program (its runs counted, to show it is run again before its token
 expires), client certificates over real TLS, token files rewritten while in use (rotation), in-cluster
-config; and `KubeApi` sending what they give to a real HTTPS server.
+config; and `KubeApi` sending what they give to a real HTTPS server. Generated kubeconfigs and service
+accounts are read by `load` and by the `kubernetes` package itself, which must agree: a plain context is read
+without the package (it costs a command most of a second), any other by it.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import datetime
 import logging
 import os
 import ssl
+import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,11 @@ import kopf
 import pytest
 import yaml
 from aiohttp import web
+from hypothesis import example, given, note, settings
+from hypothesis import strategies as st
+from kubernetes.client import Configuration
+from kubernetes.config.incluster_config import InClusterConfigLoader
+from kubernetes.config.kube_config import KubeConfigLoader, KubeConfigMerger
 
 from fleetdispatch.client import credentials
 from fleetdispatch.client.credentials import Credentials, CredentialsError
@@ -261,9 +270,9 @@ def test_kubeconfig_in_the_environment_merges_several_files_as_kubectl_does(
 
 
 def test_what_is_wrong_with_a_kubeconfig_is_said_in_one_line(tmp_path: Path, clean_env: None) -> None:
-    def problem(*args: str | None) -> str:
+    def problem(kubeconfig: str | None = None) -> str:
         with pytest.raises(CredentialsError) as raised:
-            credentials.load(*args)
+            credentials.load(kubeconfig)
         message = str(raised.value)
         assert "\n" not in message
         return message
@@ -591,3 +600,328 @@ def test_kopf_gets_the_same_credentials_and_built_ones_still_work(tmp_path: Path
     assert converted.key_file is not None and Path(converted.key_file).read_bytes() == b"key"
     for file in (converted.certificate_file, converted.key_file):
         Path(file).unlink()
+
+
+# ---- read as the kubernetes package reads them ------------------------------------------------------------
+
+# A kubeconfig's references to files, materialized under the example's folder: relative to the file that
+# names them ("ca.crt" exists beside a/config only), through the other folder, absolute, missing, or with a
+# "~" (which neither reading expands).
+REFERENCES = ("here", "through-a", "absolute", "missing", "home")
+SERVERS = ("https://h.example:6443", "https://h.example:6443/", "http://h.example:8080", "https://[::1]:6443")
+
+
+def _reference(kind: str, name: str, root: Path) -> str:
+    return {
+        "here": name,
+        "through-a": f"../a/{name}",
+        "absolute": str(root / "a" / name),
+        "missing": f"missing-{name}",
+        "home": f"~/{name}",
+    }[kind]
+
+
+def _material(choice: tuple[str, str] | None, field: str, name: str, root: Path) -> dict[str, Any]:
+    """`field` (a file reference) or `field-data` (good or broken base64) for a generated choice."""
+    if choice is None:
+        return {}
+    how, which = choice
+    if how == "data":
+        data = b64((root / "a" / name).read_bytes()) if which == "good" else "not*base64"
+        return {f"{field}-data": data}
+    return {field: _reference(which, name, root)}
+
+
+materials = (
+    st.none()
+    | st.tuples(st.just("data"), st.sampled_from(["good", "broken"]))
+    | st.tuples(st.just("file"), st.sampled_from(REFERENCES))
+)
+clusters = st.fixed_dictionaries(
+    {
+        "server": st.sampled_from(SERVERS),
+        "ca": materials,
+        # A string is unusual: the package takes its truth ("false" skips the check); so is a null.
+        "insecure": st.sampled_from([None, True, False, "false", "null"]),
+        "extra": st.sampled_from([{}, {"tls-server-name": "h"}, {"proxy-url": "http://proxy:3128"}]),
+    }
+)
+users = st.fixed_dictionaries(
+    {
+        "certificate": materials,
+        "key": materials,
+        "token": st.sampled_from([None, "tok", " spaced token\n", ""]),
+        "token_file": st.none() | st.sampled_from(REFERENCES),
+        # Fields the package reads in its own ways: basic auth, impersonation (ignored), a null.
+        "extra": st.sampled_from([{}, {}, {"username": "u", "password": "p"}, {"as": "x"}, {"token": None}]),
+    }
+)
+layouts = st.fixed_dictionaries(
+    {
+        "listed": st.booleans(),  # $KUBECONFIG of a/config and b/config, else --kubeconfig a/config
+        "cluster_in": st.sampled_from("ab"),
+        "user_in": st.sampled_from("ab"),
+        "context_in": st.sampled_from("ab"),
+        "shadowed": st.booleans(),  # the other file defines the same names too
+        "userless": st.booleans(),
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def worlds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder of a generated example's files each (a module's: hypothesis runs a test many times)."""
+    return tmp_path_factory.mktemp("worlds")
+
+
+def _world(base: Path, pki: Authority, client_pair: KeyPair) -> Path:
+    root = base / uuid.uuid4().hex
+    for folder in ("a", "b"):
+        (root / folder).mkdir(parents=True)
+    (root / "a" / "ca.crt").write_bytes(pki.certificate_path.read_bytes())
+    (root / "a" / "client.crt").write_bytes(client_pair.certificate.read_bytes())
+    (root / "a" / "client.key").write_bytes(client_pair.key.read_bytes())
+    (root / "a" / "token").write_text("from-a-file\n")
+    (root / "b" / "token").write_text("from-b-file")
+    return root
+
+
+def _content(path: str | None) -> bytes | None:
+    return Path(path).read_bytes() if path else None
+
+
+def _bearer(header: str | None) -> str | None:
+    """The Authorization header as `Credentials` sends it: a Bearer token without its whitespace."""
+    if header and header.startswith("Bearer "):
+        token = header.partition(" ")[2].strip()
+        return f"Bearer {token}" if token else None
+    return header
+
+
+def _as_kubernetes_reads(files: list[Path], context: str) -> tuple[Any, ...] | str:
+    """What the kubernetes package makes of a context: the server, the CA's, certificate's and key's
+    contents, whether the server is verified, the header; or its error, in one line."""
+    configuration = Configuration()
+    try:
+        merged = KubeConfigMerger(os.pathsep.join(map(str, files))).config  # type: ignore[no-untyped-call]
+        loader = KubeConfigLoader(  # type: ignore[no-untyped-call]
+            config_dict=merged, active_context=context, config_base_path=None
+        )
+        loader.load_and_set(configuration)  # type: ignore[no-untyped-call]
+    except Exception as error:
+        return " ".join(str(error).split())
+    header = configuration.api_key.get("BearerToken")
+    return (
+        configuration.host,
+        _content(configuration.ssl_ca_cert),
+        _content(configuration.cert_file),
+        _content(configuration.key_file),
+        bool(configuration.verify_ssl),
+        _bearer(header),
+    )
+
+
+def _quirk(user_in: str, cluster_in: str) -> dict[str, dict[str, Any]]:
+    """A client certificate and key named relative to the user's file, in another file than the cluster's:
+    the package takes them relative to the cluster's file."""
+    return {
+        "cluster": {"server": SERVERS[0], "ca": ("file", "through-a"), "insecure": None, "extra": {}},
+        "user": {
+            "certificate": ("file", "here"),
+            "key": ("file", "here"),
+            "token": None,
+            "token_file": "here",
+            "extra": {},
+        },
+        "layout": {
+            "listed": True,
+            "cluster_in": cluster_in,
+            "user_in": user_in,
+            "context_in": "a",
+            "shadowed": False,
+            "userless": False,
+        },
+    }
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=st.fixed_dictionaries({"cluster": clusters, "user": users, "layout": layouts}))
+@example(case=_quirk(user_in="b", cluster_in="a"))
+@example(case=_quirk(user_in="a", cluster_in="b"))
+def test_a_generated_kubeconfig_is_read_as_the_kubernetes_package_reads_it(
+    worlds: Path, pki: Authority, client_pair: KeyPair, case: dict[str, dict[str, Any]]
+) -> None:
+    cluster, user, layout = case["cluster"], case["user"], case["layout"]
+    root = _world(worlds, pki, client_pair)
+    if not layout["listed"]:
+        layout = {**layout, "cluster_in": "a", "user_in": "a", "context_in": "a"}
+    cluster_stanza: dict[str, Any] = {"server": cluster["server"], **cluster["extra"]}
+    cluster_stanza |= _material(cluster["ca"], "certificate-authority", "ca.crt", root)
+    if cluster["insecure"] is not None:
+        cluster_stanza["insecure-skip-tls-verify"] = (
+            None if cluster["insecure"] == "null" else cluster["insecure"]
+        )
+    user_stanza: dict[str, Any] = {}
+    user_stanza |= _material(user["certificate"], "client-certificate", "client.crt", root)
+    user_stanza |= _material(user["key"], "client-key", "client.key", root)
+    if user["token"] is not None:
+        user_stanza["token"] = user["token"]
+    if user["token_file"] is not None:
+        user_stanza["tokenFile"] = _reference(user["token_file"], "token", root)
+    user_stanza |= user["extra"]
+    # (A context naming a user that is empty is refused before either reading: "no user".)
+    userless = layout["userless"] or not user_stanza
+    context_stanza = {"cluster": "the-cluster", **({} if userless else {"user": "the-user"})}
+
+    documents: dict[str, dict[str, list[dict[str, Any]]]] = {
+        folder: {"clusters": [], "users": [], "contexts": []} for folder in "ab"
+    }
+    for kind, name, stanza, where in (
+        ("clusters", "the-cluster", cluster_stanza, layout["cluster_in"]),
+        ("users", "the-user", user_stanza, layout["user_in"]),
+        ("contexts", "the-context", context_stanza, layout["context_in"]),
+    ):
+        documents[where][kind].append({"name": name, kind[:-1]: stanza})
+        if layout["shadowed"]:  # later in the list: the first file's definition wins
+            other = "b" if where == "a" else "a"
+            shadow = {"server": "https://shadow.example"} if kind == "clusters" else {"token": "shadow"}
+            if kind == "contexts":
+                shadow = {"cluster": "the-cluster"}
+            documents[other][kind].append({"name": name, kind[:-1]: shadow})
+    files = [root / folder / "config" for folder in "ab"]
+    for folder, path in zip("ab", files, strict=True):
+        path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Config", **documents[folder]}))
+    if not layout["listed"]:
+        files = files[:1]
+    note(yaml.safe_dump(documents))
+
+    expected = _as_kubernetes_reads(files, "the-context")
+    environ = {"KUBECONFIG": os.pathsep.join(map(str, files))} if layout["listed"] else {}
+    try:
+        found = credentials.load(None if layout["listed"] else str(files[0]), "the-context", environ)
+    except CredentialsError as error:
+        where, _, message = str(error).partition(", context 'the-context': ")
+        assert where and message == expected
+        return
+    assert isinstance(expected, tuple), f"the package failed: {expected}"
+    # The header as loaded: `authorization()` reads a token file again (and, as kubectl does, reads it when
+    # the token is empty, where the package sends none).
+    header = found.renewable.header if found.renewable else found.token and f"Bearer {found.token}"
+    assert (
+        found.server,
+        _content(found.ca_file),
+        _content(found.certificate_file),
+        _content(found.key_file),
+        not found.insecure,
+        header or None,
+    ) == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    case=st.fixed_dictionaries(
+        {
+            "host": st.sampled_from(["10.96.0.1", "fd00::1", "kubernetes.default.svc", "", None]),
+            "port": st.sampled_from(["443", "", None]),
+            "token": st.sampled_from(["pod-token", "pod-token\n", " ", "", None]),
+            "ca": st.sampled_from(["pem", "", None]),
+        }
+    )
+)
+def test_the_in_cluster_account_is_read_as_the_kubernetes_package_reads_it(
+    worlds: Path, pki: Authority, case: dict[str, str | None]
+) -> None:
+    host, port, token, ca = case["host"], case["port"], case["token"], case["ca"]
+    account = worlds / uuid.uuid4().hex
+    account.mkdir()
+    if token is not None:
+        (account / "token").write_text(token)
+    if ca is not None:
+        (account / "ca.crt").write_text(pki.certificate_path.read_text() if ca == "pem" else "")
+    environ = {
+        name: value
+        for name, value in (("KUBERNETES_SERVICE_HOST", host), ("KUBERNETES_SERVICE_PORT", port))
+        if value is not None
+    }
+    token_file, ca_file = str(account / "token"), str(account / "ca.crt")
+
+    configuration = Configuration()
+    loader = InClusterConfigLoader(  # type: ignore[no-untyped-call]
+        token_filename=token_file,
+        cert_filename=ca_file,
+        try_refresh_token=False,
+        environ=environ,
+    )
+    try:
+        loader.load_and_set(configuration)  # type: ignore[no-untyped-call]
+        expected: Any = (configuration.host, configuration.ssl_ca_cert, configuration.api_key["BearerToken"])
+    except Exception as error:
+        expected = f"in-cluster service account: {error}"
+    try:
+        found = credentials.in_cluster(environ, token_file=token_file, ca_file=ca_file)
+    except CredentialsError as error:
+        assert str(error) == expected
+        return
+    assert isinstance(expected, tuple), expected
+    # The package's header is "bearer <the file's content>": the token is what follows the scheme.
+    server, ca_file, header = expected
+    assert (found.server, found.ca_file, found.token) == (server, ca_file, header[7:].strip() or None)
+    assert found.authorization() == (f"Bearer {found.token}" if found.token else None)
+
+
+def test_a_plain_context_is_read_without_the_kubernetes_package_any_other_with_it(
+    tmp_path: Path, pki: Authority, client_pair: KeyPair, clean_env: None
+) -> None:
+    (tmp_path / "token").write_text("from-the-file\n")
+    ca = {"certificate-authority-data": b64(pki.certificate_path.read_bytes())}
+    path = kubeconfig(
+        tmp_path / "config",
+        clusters={
+            "checked": {"server": "https://127.0.0.1:6443", **ca},
+            "unchecked": {"server": "https://127.0.0.1:6443", "insecure-skip-tls-verify": True},
+            "quoted": {"server": "https://127.0.0.1:6443", "insecure-skip-tls-verify": "false"},
+        },
+        users={
+            "alice": {
+                "client-certificate-data": b64(client_pair.certificate.read_bytes()),
+                "client-key": str(client_pair.key),
+            },
+            "robot": {"tokenFile": "token"},
+            "basic": {"username": "u", "password": "p"},
+            "iam": {"exec": plugin(tmp_path, lifetime=600)},
+        },
+        contexts={
+            "alice": {"cluster": "checked", "user": "alice"},
+            "robot": {"cluster": "unchecked", "user": "robot"},
+            "basic": {"cluster": "checked", "user": "basic"},
+            "quoted": {"cluster": "quoted", "user": "robot"},
+            "iam": {"cluster": "checked", "user": "iam"},
+        },
+    )
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "token").write_text("pod-token")
+    (account / "ca.crt").write_bytes(pki.certificate_path.read_bytes())
+    code = (
+        "import sys\n"
+        "from fleetdispatch.client import credentials\n"
+        "if sys.argv[1] == 'in-cluster':\n"
+        "    environ = {'KUBERNETES_SERVICE_HOST': '10.96.0.1', 'KUBERNETES_SERVICE_PORT': '443'}\n"
+        f"    found = credentials.in_cluster(environ, token_file={str(account / 'token')!r}, "
+        f"ca_file={str(account / 'ca.crt')!r})\n"
+        "else:\n"
+        f"    found = credentials.load({str(path)!r}, sys.argv[1])\n"
+        "print(found.authorization(), found.insecure, 'kubernetes' in sys.modules)\n"
+    )
+
+    def reading(context: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-c", code, context], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    assert reading("alice") == "None False False"
+    assert reading("robot") == "Bearer from-the-file True False"
+    assert reading("in-cluster") == "Bearer pod-token False False"
+    assert reading("basic") == f"Basic {b64(b'u:p')} False True"
+    assert reading("quoted") == "Bearer from-the-file True True"  # the package's reading of "false"
+    assert reading("iam") == "Bearer token-1 False True"

@@ -5,7 +5,14 @@
 first file to define a name wins, and the first to set a current context); else the in-cluster service
 account (`$KUBERNETES_SERVICE_HOST` and its token file); else `~/.kube/config`.
 
-The `kubernetes` package reads the kubeconfig and runs what it names: exec credential plugins (EKS's
+A context whose user has only a client certificate and key (files or data) and a token or token file,
+and whose cluster has a server, a CA (file or data) or `insecure-skip-tls-verify`, is read here, as the
+`kubernetes` package reads it (its quirks too: a client certificate's relative path is relative to the
+cluster's file): importing that package costs a command most of a second. Any other context is read by the
+package, and the in-cluster service account is read here as its `InClusterConfigLoader` reads it
+(tests/unit/test_credentials.py holds both readings against the package's).
+
+The `kubernetes` package reads the rest and runs what it names: exec credential plugins (EKS's
 `aws eks get-token`, GKE's `gke-gcloud-auth-plugin`, AKS's `kubelogin`) and auth providers. Its refresh
 hook (`Configuration.refresh_api_key_hook`) renews a token that expires; `Credentials.authorization()`
 calls it before the expiry (5 minutes before, as the package does, or half-way through a token's life when
@@ -25,9 +32,10 @@ them), renewing a client certificate that an exec plugin gave (it is read once),
 
 from __future__ import annotations
 
+import atexit
+import base64
 import contextlib
 import datetime
-import logging
 import math
 import os
 import ssl
@@ -37,9 +45,10 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import logging
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 SERVICE_ACCOUNT_TOKEN = f"{SERVICE_ACCOUNT_DIR}/token"
@@ -77,11 +86,19 @@ def _header(configuration: Any) -> str | None:
     return str(header) if header else None
 
 
+def _logger() -> logging.Logger:
+    import logging
+
+    return logging.getLogger(__name__)
+
+
 @contextlib.contextmanager
 def _kubernetes_log() -> Iterator[list[str]]:
     """What the kubernetes package's kubeconfig loader logs while it runs: it logs a failing exec plugin
     (with its exit code and standard error) to the root logger and carries on without a token, so the
     error is collected here, and kept off the log, to be reported as a `CredentialsError`."""
+    import logging  # here: only the kubernetes package's reading logs (kubectl fleet need not load it)
+
     messages: list[str] = []
     root = logging.getLogger()
 
@@ -157,12 +174,12 @@ class RenewableToken:
         if not renewed:
             self._retry_at = time.monotonic() + RENEW_RETRY_SECONDS
             self.error = errors[-1] if errors else "the plugin gave no later expiry"
-            logger.warning(
+            _logger().warning(
                 "%s: renewing the token failed, keeping the current one: %s", self._what, self.error
             )
             return
         self.header, self._obtained, self.error = header, _now(), None
-        logger.info("%s: token renewed, valid until %s", self._what, self.expiry)
+        _logger().info("%s: token renewed, valid until %s", self._what, self.expiry)
 
 
 class _TokenFile:
@@ -323,27 +340,35 @@ def in_cluster(
     token_reread_seconds: float = TOKEN_REREAD_SECONDS,
 ) -> Credentials:
     """The pod's service account: the server from `$KUBERNETES_SERVICE_HOST`/`_PORT`, the token file read
-    again every `token_reread_seconds` (the kubelet rotates it), the CA beside it."""
-    from kubernetes.client import Configuration
-    from kubernetes.config.incluster_config import InClusterConfigLoader
+    again every `token_reread_seconds` (the kubelet rotates it), the CA beside it.
 
-    configuration = Configuration()
-    loader = InClusterConfigLoader(  # type: ignore[no-untyped-call]
-        token_filename=token_file,
-        cert_filename=ca_file,
-        try_refresh_token=False,
-        environ=os.environ if environ is None else environ,
-    )
+    Read as the kubernetes package's `InClusterConfigLoader` reads it, with its messages."""
+    environ = os.environ if environ is None else environ
     try:
-        loader.load_and_set(configuration)  # type: ignore[no-untyped-call]
-    except Exception as error:  # ConfigException, or OSError from its reads
+        host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT")
+        if host is None or port is None:
+            raise CredentialsError("Service host/port is not set.")
+        if not host or not port:
+            raise CredentialsError("Service host/port is set but empty.")
+        # Go's net.JoinHostPort: an IPv6 address in brackets.
+        server = f"https://[{host}]:{port}" if ":" in host or "%" in host else f"https://{host}:{port}"
+        if not os.path.isfile(token_file):
+            raise CredentialsError("Service token file does not exist.")
+        token = Path(token_file).read_text(encoding="utf-8")
+        if not token:
+            raise CredentialsError("Token file exists but empty.")
+        if not os.path.isfile(ca_file):
+            raise CredentialsError("Service certification file does not exist.")
+        if not Path(ca_file).read_text(encoding="utf-8"):
+            raise CredentialsError("Cert file exists but empty.")
+    except (CredentialsError, OSError, UnicodeDecodeError) as error:
         raise CredentialsError(f"in-cluster service account: {_one_line(error)}") from None
     namespace = None
     with contextlib.suppress(OSError):
         namespace = Path(namespace_file).read_text(encoding="utf-8").strip() or None
     return Credentials(
-        server=str(configuration.host),
-        token=(_header(configuration) or "").partition(" ")[2].strip() or None,
+        server=server,
+        token=token.strip() or None,
         token_file=token_file,
         ca_file=ca_file,
         namespace=namespace,
@@ -427,47 +452,199 @@ def from_kubeconfig(
     if user_name and not user:
         raise CredentialsError(f"{what}: no user {user_name!r}")
     cluster_name = settings.get("cluster")
-    cluster = _named(documents, "clusters").get(str(cluster_name), ("", {}))[1]
+    cluster_file, cluster = _named(documents, "clusters").get(str(cluster_name), ("", {}))
     if not cluster.get("server"):
         raise CredentialsError(f"{what}: cluster {cluster_name!r} has no server")
 
-    from kubernetes.client import Configuration
-    from kubernetes.config.kube_config import KubeConfigLoader, KubeConfigMerger
-
-    configuration = Configuration()
-    with _kubernetes_log() as errors:
-        try:
-            files = os.pathsep.join(path for path, _ in documents)
-            merged = KubeConfigMerger(files).config  # type: ignore[no-untyped-call]
-            loader = KubeConfigLoader(  # type: ignore[no-untyped-call]
-                config_dict=merged, active_context=context, config_base_path=None
-            )
-            loader.load_and_set(configuration)  # type: ignore[no-untyped-call]
-        except Exception as error:  # ConfigException, and whatever its file, base64 and plugin reads raise
-            raise CredentialsError(f"{what}: {_one_line(error)}") from None
-    header = _header(configuration)
+    try:
+        if _plain(documents, settings, user, cluster):
+            read = _read_plainly(user, user_file, cluster, cluster_file)
+        else:
+            read = _read_with_kubernetes(documents, context)
+    except Exception as error:  # ConfigException, and whatever its file, base64 and plugin reads raise
+        raise CredentialsError(f"{what}: {_one_line(error)}") from None
+    header = read.header
     plugin = user.get("exec") or user.get("auth-provider")
-    if isinstance(plugin, dict) and (errors or not (header or configuration.cert_file)):
+    if isinstance(plugin, dict) and (read.errors or not (header or read.certificate_file)):
         name = plugin.get("command") or plugin.get("name") or "?"
-        reason = errors[-1] if errors else "it gave neither a token nor a client certificate"
+        reason = read.errors[-1] if read.errors else "it gave neither a token nor a client certificate"
         raise CredentialsError(f"{what}: the credential plugin {name!r} failed: {reason}")
     common: dict[str, Any] = {
-        "server": str(configuration.host),
-        "ca_file": configuration.ssl_ca_cert or None,
-        "insecure": not configuration.verify_ssl,
-        "certificate_file": configuration.cert_file or None,
-        "key_file": configuration.key_file or None,
+        "server": read.host,
+        "ca_file": read.ca_file,
+        "insecure": not read.verify_ssl,
+        "certificate_file": read.certificate_file,
+        "key_file": read.key_file,
         "namespace": settings.get("namespace") or None,
         "source": f"{what} (user {user_name})" if user_name else what,
     }
     if plugin or (header and not header.startswith("Bearer ")):
         # Renewable (a plugin's), or another scheme (Basic): the header comes from the package's hook.
-        return Credentials(**common, renewable=RenewableToken(configuration, loader, common["source"]))
+        renewable = RenewableToken(read.configuration, read.loader, common["source"])
+        return Credentials(**common, renewable=renewable)
     token = header.partition(" ")[2].strip() if header else None
     token_file = None
     if user.get("tokenFile") and not user.get("token"):
         token_file = os.path.join(os.path.dirname(user_file), os.path.expanduser(str(user["tokenFile"])))
     return Credentials(**common, token=token, token_file=token_file)
+
+
+@dataclass(frozen=True)
+class _Read:
+    """A kubeconfig context as the kubernetes package's `Configuration` holds it once its loader ran."""
+
+    host: str
+    ca_file: str | None = None
+    certificate_file: str | None = None
+    key_file: str | None = None
+    verify_ssl: bool = True
+    header: str | None = None
+    # The package's own objects, when it read the context: their refresh hook renews a plugin's token.
+    configuration: Any = None
+    loader: Any = None
+    # What the package logged as it read (a failing exec plugin).
+    errors: tuple[str, ...] = ()
+
+
+def _read_with_kubernetes(documents: list[tuple[str, dict[str, Any]]], context: str) -> _Read:
+    from kubernetes.client import Configuration
+    from kubernetes.config.kube_config import KubeConfigLoader, KubeConfigMerger
+
+    configuration = Configuration()
+    with _kubernetes_log() as errors:
+        files = os.pathsep.join(path for path, _ in documents)
+        merged = KubeConfigMerger(files).config  # type: ignore[no-untyped-call]
+        loader = KubeConfigLoader(  # type: ignore[no-untyped-call]
+            config_dict=merged, active_context=context, config_base_path=None
+        )
+        loader.load_and_set(configuration)  # type: ignore[no-untyped-call]
+    return _Read(
+        host=str(configuration.host),
+        ca_file=configuration.ssl_ca_cert or None,
+        certificate_file=configuration.cert_file or None,
+        key_file=configuration.key_file or None,
+        verify_ssl=bool(configuration.verify_ssl),
+        header=_header(configuration),
+        configuration=configuration,
+        loader=loader,
+        errors=tuple(errors),
+    )
+
+
+# The fields of a user and of a cluster that `_read_plainly` reads as the kubernetes package does. A user
+# with any other (`exec`, `auth-provider`, `username`/`password`, ...) is the package's to read.
+_PLAIN_USER = frozenset(
+    {"client-certificate", "client-certificate-data", "client-key", "client-key-data", "token", "tokenFile"}
+)
+_PLAIN_CLUSTER = frozenset({"server", "certificate-authority", "certificate-authority-data"})
+# Fields the package sets on its `Configuration` or ignores, and the credentials do not use.
+_UNUSED = frozenset({"tls-server-name", "proxy-url", "extensions"})
+
+
+def _plain(
+    documents: list[tuple[str, dict[str, Any]]],
+    settings: dict[str, Any],
+    user: dict[str, Any],
+    cluster: dict[str, Any],
+) -> bool:
+    """Whether `_read_plainly` gives this context exactly as the kubernetes package would: files whose
+    lists the package merges as `_named` does, and a user and cluster of the usual fields, each a
+    non-empty string (`insecure-skip-tls-verify` a boolean). Anything else, and the package's own errors
+    for it, are left to the package."""
+
+    def text(value: object) -> bool:
+        return isinstance(value, str) and value != ""
+
+    for path, document in documents:
+        if os.pathsep in path:
+            return False  # the package splits the list of files on it
+        for kind in ("clusters", "contexts", "users"):
+            entries = document.get(kind)
+            if entries is None:
+                continue
+            if not isinstance(entries, list):
+                return False
+            if not all(isinstance(entry, dict) and isinstance(entry.get("name"), str) for entry in entries):
+                return False
+    if not isinstance(user, dict) or not isinstance(cluster, dict):
+        return False
+    user_name = settings.get("user")
+    if not (user_name is None or text(user_name)) or not text(settings.get("cluster")):
+        return False
+    for stanza, plain in ((user, _PLAIN_USER), (cluster, _PLAIN_CLUSTER)):
+        for key, value in stanza.items():
+            if key in _UNUSED:
+                if value is None:
+                    return False  # the package fails on it
+            elif key == "insecure-skip-tls-verify" and stanza is cluster:
+                if not isinstance(value, bool):
+                    return False  # the package takes a string for its truth: "false" skips the check
+            elif key not in plain or not text(value):
+                return False
+    return True
+
+
+def _read_plainly(user: dict[str, Any], user_file: str, cluster: dict[str, Any], cluster_file: str) -> _Read:
+    """What the kubernetes package's `KubeConfigLoader` makes of a `_plain` context, in its order (the
+    token, then the CA, the certificate and the key) and with its messages."""
+    token = user.get("token")
+    if token is None and "tokenFile" in user:
+        with open(_relative_to(user_file, user["tokenFile"]), encoding="utf-8") as file:
+            token = file.read()
+    host = str(cluster["server"]).rstrip("/")
+    ca_file = certificate_file = key_file = None
+    if host.startswith("https"):
+        # All three relative to the cluster's file, as the package takes them.
+        ca_file = _file_or_data(cluster, "certificate-authority", cluster_file)
+        certificate_file = _file_or_data(user, "client-certificate", cluster_file)
+        key_file = _file_or_data(user, "client-key", cluster_file)
+    return _Read(
+        host=host,
+        ca_file=ca_file,
+        certificate_file=certificate_file,
+        key_file=key_file,
+        verify_ssl=not cluster.get("insecure-skip-tls-verify", False),
+        header=f"Bearer {token}" if token else None,
+    )
+
+
+def _relative_to(kubeconfig: str, path: str) -> str:
+    return os.path.normpath(os.path.join(os.path.abspath(os.path.dirname(kubeconfig)), path))
+
+
+def _file_or_data(stanza: dict[str, Any], key: str, kubeconfig: str) -> str | None:
+    """`key-data` (base64) as a private file, else the file `key` names; the package's `FileOrData`."""
+    if f"{key}-data" in stanza:
+        return _data_file(base64.standard_b64decode(str(stanza[f"{key}-data"]).encode()))
+    if key not in stanza:
+        return None
+    path = _relative_to(kubeconfig, str(stanza[key]))
+    if not os.path.isfile(path):
+        raise CredentialsError(f"File does not exist: {path}")
+    return path
+
+
+_data_files: dict[bytes, str] = {}
+
+
+def _data_file(content: bytes) -> str:
+    """A private file with `content`, one per content, removed when the process exits (as the package
+    keeps them)."""
+    if not os.path.isfile(_data_files.get(content, "")):  # not written yet, or removed since
+        if not _data_files:
+            atexit.register(_remove_data_files)
+        descriptor, name = tempfile.mkstemp(prefix="fleetdispatch-")
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(content)
+        _data_files[content] = name
+    return _data_files[content]
+
+
+def _remove_data_files() -> None:
+    for name in _data_files.values():
+        with contextlib.suppress(OSError):
+            os.remove(name)
+    _data_files.clear()
 
 
 # ---- the command line's choice, for kopf's login --------------------------------------------------------
