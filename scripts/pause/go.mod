@@ -1,0 +1,3 @@
+module fleet.dispatch.dev/pause
+
+go 1.26.0
