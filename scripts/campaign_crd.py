@@ -32,6 +32,10 @@ HEADER = """\
 """
 
 COUNT = {"type": "integer", "format": "int32", "minimum": 0}
+TTL_IN_CAMPAIGN = (
+    "not in a campaign: the campaign counts its dispatches and would create a deleted one again; "
+    "deleting the campaign deletes them"
+)
 COUNTS = ("total", "pending", "running", "backoff", "requeued", "suspended", "succeeded", "failed")
 
 
@@ -60,6 +64,15 @@ def campaign_crd() -> dict[str, Any]:
     dispatch_spec["description"] = (
         "The spec of each FleetDispatch, as in a FleetDispatch (`kubectl explain fleetdispatch.spec`); "
         "the campaign adds the item's variables and FLEET_ITEM to the session container, and sets suspend."
+    )
+    # A member deleted by its ttl would be created again: the campaign keeps its dispatches to count them.
+    dispatch_spec.setdefault("x-kubernetes-validations", []).append(
+        {
+            "rule": "!has(self.ttlSecondsAfterFinished)",
+            "fieldPath": ".ttlSecondsAfterFinished",
+            "reason": "FieldValueForbidden",
+            "message": TTL_IN_CAMPAIGN,
+        }
     )
     template_metadata = copy.deepcopy(
         root["properties"]["spec"]["properties"]["template"]["properties"]["metadata"]

@@ -79,7 +79,8 @@ needs_checkov = pytest.mark.skipif(
 # requests it makes. `get` on dispatches: a status write that conflicts re-reads the dispatch; `get` on
 # pods: a create that conflicts reads the existing pod; `delete` on pods: suspension and the backstop.
 OPERATOR_RULES = {
-    # create, patch (spec.suspend) and delete: a FleetCampaign's dispatches.
+    # create, patch (spec.suspend) and delete: a FleetCampaign's dispatches; delete: a dispatch past its
+    # ttlSecondsAfterFinished (tests/cluster/test_ttl_retry.py).
     ("fleet.dispatch.dev", "fleetdispatches"): {"get", "list", "watch", "create", "patch", "delete"},
     ("fleet.dispatch.dev", "fleetdispatches/status"): {"patch"},
     # The API server asks for it before it accepts a pod whose ownerReference sets blockOwnerDeletion.
@@ -91,6 +92,8 @@ OPERATOR_RULES = {
     ("fleet.dispatch.dev", "quotapools"): {"list", "watch"},
     ("fleet.dispatch.dev", "quotapools/status"): {"patch"},
     ("", "pods"): {"get", "list", "watch", "create", "delete"},
+    # spec.workspace: a dispatch's claim, created before its first pod (get: a create that conflicts).
+    ("", "persistentvolumeclaims"): {"create", "get"},
     # Core v1 Events only: kopf posts there too (kopf/_core/engines/posting.py, references.EVENTS).
     ("", "events"): {"create"},
 }
@@ -887,9 +890,14 @@ RULES_NOT_EXERCISED = {
     # runs the operator with this chart's RBAC and exercises them.
     ("fleet.dispatch.dev", "fleetdispatches", "create"),
     ("fleet.dispatch.dev", "fleetdispatches", "patch"),
+    # (and by a dispatch past its ttlSecondsAfterFinished: tests/cluster/test_ttl_retry.py)
     ("fleet.dispatch.dev", "fleetdispatches", "delete"),
     ("fleet.dispatch.dev", "fleetcampaigns/status", "patch"),
     ("fleet.dispatch.dev", "fleetcampaigns/finalizers", "update"),
+    # Only with spec.workspace, which these tests do not set; tests/cluster/test_workspace.py runs the
+    # operator with this chart's RBAC and exercises them.
+    ("", "persistentvolumeclaims", "create"),
+    ("", "persistentvolumeclaims", "get"),
 }
 
 
@@ -1143,7 +1151,9 @@ def instructions() -> list[tuple[str, str]]:
 def test_the_image_runs_fleetdispatch_as_a_numeric_non_root_user() -> None:
     steps = instructions()
     final = steps[max(i for i, (op, _) in enumerate(steps) if op == "FROM") :]
-    assert final[0] == ("FROM", "python:3.11-slim")
+    # The base is a build argument (`make image` passes a debootstrapped Debian); its default is python's.
+    assert final[0] == ("FROM", "${BASE_IMAGE}:${BASE_TAG}")
+    assert steps[:2] == [("ARG", "BASE_IMAGE=python"), ("ARG", "BASE_TAG=3.11-slim")]
     [user] = [arg for op, arg in final if op == "USER"]
     assert user.split(":")[0] == "65532"
     assert ("ENTRYPOINT", '["fleetdispatch"]') in final

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from fleetdispatch.devcluster.stack import BackgroundCluster
+from fleetdispatch.session.protocol import parse_time
 from fleetdispatch.validation import manifests
 from kube import Kube
 from operators import Namespace, OperatorProcess, dispatch_spec, now_rfc3339, running, terminated
@@ -76,7 +77,7 @@ def test_one_successful_dispatch_costs_at_most_six_writes(
     writes = ns.operator_writes()
     assert len(writes) <= 6, writes
     assert status["observedGeneration"] == 1
-    eventually(lambda: [r for r, _ in ns.events()] == ["Created", "Succeeded"], 5, "the Events")
+    eventually(lambda: [r for r, _ in ns.events()] == ["Started", "Succeeded"], 5, "the Events")
     pod = ns.pod("budget-1")
     assert pod["metadata"]["ownerReferences"][0]["uid"] == ns.dispatch("budget")["metadata"]["uid"]
 
@@ -155,7 +156,8 @@ def test_a_failure_while_the_operator_is_down_is_not_lost(operator: OperatorProc
     status = ns.status("down")
     assert status["failures"] == 1
     assert [a["exitCode"] for a in status["attempts"]] == [3]
-    eventually(lambda: _pod_names(ns) == ["down-1", "down-2"], 10, "attempt 2's pod, named first")
+    # Attempt 2's pod, named first; attempt 1's is deleted once its end is recorded.
+    eventually(lambda: _pod_names(ns) == ["down-2"], 10, "attempt 2's pod, attempt 1's deleted")
 
 
 def test_a_pod_created_just_before_a_crash_is_adopted(operator: OperatorProcess, ns: Namespace) -> None:
@@ -175,7 +177,8 @@ def test_a_pod_created_just_before_a_crash_is_adopted(operator: OperatorProcess,
     operator.start()
     eventually(lambda: ns.status("adopt").get("attempt") == 2, 10, "attempt 2 adopted")
     time.sleep(1.5)  # past the backoff: a duplicate would be created now
-    assert _pod_names(ns) == ["adopt-1", "adopt-2"]
+    # adopt-1 goes: its end is recorded (the adopting decision ended it first).
+    eventually(lambda: _pod_names(ns) == ["adopt-2"], 10, "adopt-2 only")
 
 
 def test_a_kill_between_the_status_and_the_create_creates_exactly_the_named_pod(
@@ -196,7 +199,8 @@ def test_a_kill_between_the_status_and_the_create_creates_exactly_the_named_pod(
     operator.start()
     eventually(lambda: "named-2" in _pod_names(ns), 10, "attempt 2's pod, as the stored status names it")
     time.sleep(1.5)  # a second decision on the same status must create nothing more
-    assert _pod_names(ns) == ["named-1", "named-2"]
+    # named-1 goes: its end is recorded.
+    eventually(lambda: _pod_names(ns) == ["named-2"], 10, "named-2 only")
     stored = ns.status("named")
     assert (stored["attempt"], stored["failures"]) == (2, 1)
     assert [a["attempt"] for a in stored["attempts"]] == [1]
@@ -213,10 +217,14 @@ def test_requeued_and_suspended_survive_a_restart(operator: OperatorProcess, ns:
     assert requeued is not None and requeued["status"] == "True" and requeued["reason"] == "QuotaExhausted"
     operator.kill()
     operator.start()
-    assert ns.status("quota")["requeueAt"] == status["requeueAt"]
     eventually(lambda: ns.status("quota").get("podName") == "quota-2", 10, "attempt 2 after the reset")
     # The status names attempt 2 before its pod is created (so no attempt is lost): wait for the pod too.
     eventually(lambda: "quota-2" in _pod_names(ns), 10, "attempt 2's pod")
+    # The restarted operator kept the requeue: attempt 2 started at its requeueAt, not before (seconds).
+    created = parse_time(ns.pod("quota-2")["metadata"]["creationTimestamp"])
+    requeue_at = parse_time(status["requeueAt"])
+    assert created is not None and requeue_at is not None
+    assert created >= requeue_at.replace(microsecond=0), (created, requeue_at)
     env = {e["name"]: e.get("value") for e in ns.pod("quota-2")["spec"]["containers"][0]["env"]}
     assert env["FLEET_RESUME"] == "1" and env["FLEET_RESUME_TOKEN"] == "tok-1"
     assert ns.status("quota")["failures"] == 0
@@ -228,7 +236,7 @@ def test_requeued_and_suspended_survive_a_restart(operator: OperatorProcess, ns:
     operator.start()
     time.sleep(1)
     assert ns.status("quota")["phase"] == "Suspended"
-    assert _pod_names(ns) == ["quota-1"]
+    assert _pod_names(ns) == []  # quota-1 went when attempt 2 started (its end recorded); none created
     ns.patch_spec("quota", {"suspend": False})
     eventually(lambda: "quota-3" in _pod_names(ns), 10, "attempt 3 after unsuspending")
 

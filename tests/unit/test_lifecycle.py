@@ -143,7 +143,7 @@ def test_happy_path_pending_running_succeeded() -> None:
     assert d.create == AttemptRequest(attempt=1, resume=False, resume_token=None)
     assert (st_.phase, st_.attempt, st_.pod_name, st_.reason) == ("Pending", 1, "job-1", "Created")
     assert st_.observed_generation == 1
-    assert d.events == (Event("Normal", "Created", "created pod job-1 for attempt 1"),)
+    assert d.events == ()  # the pod's creation is told by the attempt's Started Event, once it runs
     assert d.delete == ()
     assert d.wake_at is None
     assert conds(st_) == {
@@ -167,7 +167,7 @@ def test_happy_path_pending_running_succeeded() -> None:
     assert d.wake_at == t1 + BACKSTOP
     flow.settled(t1 + s(1), scheduled(1, t1, "ContainerCreating"))
 
-    # The session runs: mirrored from the pod, without an event of ours.
+    # The session runs: mirrored from the pod, with the attempt's one Event before its end.
     t2 = t1 + s(10)
     d = flow.step(t2, active(1, t1))
     assert (d.status.phase, d.status.reason, d.status.message) == (
@@ -175,7 +175,7 @@ def test_happy_path_pending_running_succeeded() -> None:
         "Running",
         "session running in pod job-1",
     )
-    assert d.events == ()
+    assert d.events == (Event("Normal", "Started", "attempt 1 running in pod job-1"),)
     assert d.status.start_time == t1 + s(2)  # the session's start, which the supervisor's budget covers
     assert d.status.deadline == t1 + s(2 + 3600)
     assert d.status.deadline_cap == t1 + s(2 + 3600 + 7200)
@@ -289,7 +289,9 @@ def test_logic_failures_back_off_then_fail_at_max_attempts() -> None:
     assert conds(st_)["Stalled"] == ("True", "BackoffLimitExceeded")
     assert conds(st_)["Ready"] == ("False", "Failed")
     assert [a.attempt for a in st_.attempts] == [1, 2, 3]
-    flow.settled(T0 + s(5000), exited(1, 1), exited(2, 1), exited(3, 2))
+    # The earlier attempts' pods go once their ends are recorded; the last one stays for its logs.
+    assert d.delete == ("job-1", "job-2")
+    flow.settled(T0 + s(5000), exited(3, 2))
 
 
 def test_the_backoff_uses_the_deterministic_jitter_of_the_dispatch_and_attempt() -> None:
@@ -358,13 +360,13 @@ def test_timeouts_resume_up_to_max_resumes_with_the_resume_token() -> None:
     assert d.create == AttemptRequest(2, True, "tok-1")
     assert (st_.phase, st_.attempt, st_.pod_name, st_.resumes, st_.failures) == ("Pending", 2, "job-2", 1, 0)
     assert (st_.failure_class, st_.resume_token, st_.reason) == ("Timeout", "tok-1", "Created")
-    assert [e.reason for e in d.events] == ["Resuming", "Created"]
+    assert [e.reason for e in d.events] == ["Resuming"]
     assert d.events[0] == Event(
         "Normal",
         "Resuming",
         "attempt 1 ended: DeadlineExceeded: the deadline passed; no activity seen; resuming",
     )
-    assert d.events[1].message == "created pod job-2 for attempt 2 (resuming)"
+    assert st_.message == "created pod job-2 for attempt 2 (resuming)"
     assert st_.attempts[-1].outcome == "DeadlineExceeded"
     assert st_.attempts[-1].failure_class == "Timeout"
 
@@ -384,7 +386,8 @@ def test_timeouts_resume_up_to_max_resumes_with_the_resume_token() -> None:
         "the deadline passed; no activity seen"
     )
     assert conds(st_)["Stalled"] == ("True", "ResumeLimitExceeded")
-    flow.settled(T0 + s(9001), p1, p2, p3)
+    assert d.delete == ("job-1", "job-2")  # the earlier attempts' pods; the last one stays
+    flow.settled(T0 + s(9001), p3)
 
 
 def test_max_resumes_0_fails_on_the_first_timeout() -> None:
@@ -487,7 +490,7 @@ def test_a_past_reset_without_jitter_starts_the_next_attempt_at_once() -> None:
     flow = started_flow(spec_of(retry={"backoff": NO_JITTER}))
     d = flow.step(T0 + s(500), exited(1, 75, outcome("QuotaExhausted", resetAt=ts(T0), resumeToken="r")))
     assert d.create == AttemptRequest(2, True, "r")
-    assert [e.reason for e in d.events] == ["Requeued", "Created"]
+    assert [e.reason for e in d.events] == ["Requeued"]
 
 
 def test_max_requeues_0_fails_on_the_first_quota_stop() -> None:
@@ -551,18 +554,19 @@ def test_infrastructure_failures_retry_without_spending_max_attempts() -> None:
     assert d.status.attempts[-1].message == "The node was low on resource: memory."
     d = flow.step(T0 + s(120), evicted)
     assert d.create == AttemptRequest(3, True, None)
+    assert d.delete == ("job-2",)  # the earlier attempt's pod, its end recorded
 
     # Deleted by someone: the pod is still stopping, and the operator does not delete it again.
     deleting = active(3, T0 + s(121), deleting=T0 + s(200))
-    d = flow.step(T0 + s(200), evicted, deleting)
+    d = flow.step(T0 + s(200), deleting)
     assert (d.status.phase, d.status.requeue_at, d.delete) == ("Backoff", T0 + s(240), ())
     assert d.status.attempts[-1].outcome == "PodDeleted"
     assert [a.failure_class for a in d.status.attempts] == ["Infrastructure"] * 3
-    flow.settled(T0 + s(240), evicted, deleting)  # waits for the deleted pod to go
-    d = flow.step(T0 + s(241), evicted)
+    flow.settled(T0 + s(240), deleting)  # waits for the deleted pod to go
+    d = flow.step(T0 + s(241))
     assert d.create == AttemptRequest(4, True, None)
 
-    d = flow.step(T0 + s(300), evicted, exited(4, 0))
+    d = flow.step(T0 + s(300), exited(4, 0))
     assert d.status.phase == "Succeeded"
     assert d.status.failures == 0
 
@@ -835,7 +839,7 @@ def test_a_dispatch_created_suspended_starts_nothing_until_unsuspended() -> None
     flow.update(suspend=False)
     d = flow.step(T0 + s(200))
     assert d.create == AttemptRequest(1, False, None)
-    assert [e.reason for e in d.events] == ["Resumed", "Created"]
+    assert [e.reason for e in d.events] == ["Resumed"]
 
 
 @pytest.mark.parametrize(
@@ -928,7 +932,7 @@ def test_a_pod_of_a_later_attempt_is_adopted_not_created_again() -> None:
     assert flow.status.deadline is not None  # attempt 1's
     d = flow.step(T0 + s(30), p1, created(2))
     st_ = d.status
-    assert (d.create, d.delete) == (None, ())
+    assert (d.create, d.delete) == (None, ("job-1",))  # not created again; job-1's end is recorded
     assert (st_.phase, st_.attempt, st_.pod_name, st_.requeue_at, st_.failures) == (
         "Pending",
         2,
@@ -937,9 +941,9 @@ def test_a_pod_of_a_later_attempt_is_adopted_not_created_again() -> None:
         1,
     )
     assert (st_.reason, st_.deadline, st_.deadline_cap) == ("Adopted", None, None)
-    d = flow.step(T0 + s(40), p1, active(2, T0 + s(31)))
+    d = flow.step(T0 + s(40), active(2, T0 + s(31)))
     assert (d.status.phase, d.status.deadline) == ("Running", T0 + s(33 + 3600))
-    flow.settled(T0 + s(41), p1, active(2, T0 + s(31)))
+    flow.settled(T0 + s(41), active(2, T0 + s(31)))
 
 
 def test_adoption_keeps_the_end_of_the_attempt_the_lost_status_had_decided() -> None:

@@ -353,7 +353,9 @@ def test_a_kill_between_the_status_write_and_the_create_creates_exactly_the_name
         cluster.faults[:] = ["kill-after"]  # the status naming attempt 2 is stored; the operator dies
         await operator.reconcile()
         assert (cluster.dispatch["status"]["podName"], cluster.created) == ("job-2", ["job-1"])
-        cluster.faults[:] = ["ok", "fail-after"]  # after the restart: the create commits, its answer is lost
+        # After the restart: the status write, job-1 deleted (its end is recorded), then the create
+        # commits and its answer is lost.
+        cluster.faults[:] = ["ok", "ok", "fail-after"]
         await operator.reconcile()
         assert cluster.created == ["job-1", "job-2"]
         await operator.reconcile()  # the create again: AlreadyExists, adopted; nothing else

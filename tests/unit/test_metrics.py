@@ -103,6 +103,8 @@ EXPORTED = {
     "fleetdispatch_attempts_ended_total",
     "fleetdispatch_stops_total",
     "fleetdispatch_requeues_total",
+    "fleetdispatch_tokens_total",
+    "fleetdispatch_cost_total",
     "fleetdispatch_deadline_extensions_total",
     "fleetdispatch_deadline_extension_seconds_total",
     "fleetdispatch_api_requests_total",

@@ -57,7 +57,7 @@ def test_a_flag_after_the_subcommand_wins() -> None:
         ["status", "x", "-o", "wide"],
         ["logs", "x", "-o", "json"],
         ["status"],
-        ["retry", "x"],
+        ["retry"],
         [],
     ],
 )
@@ -87,7 +87,9 @@ def _closed_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.mark.parametrize("command", [["status", "x"], ["list"], ["logs", "x"], ["suspend", "x"]])
+@pytest.mark.parametrize(
+    "command", [["status", "x"], ["list"], ["logs", "x"], ["suspend", "x"], ["retry", "x"]]
+)
 def test_an_unreachable_api_server_is_one_line(
     command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

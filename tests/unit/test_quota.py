@@ -90,6 +90,17 @@ def test_the_lifecycle_waits_pending_for_a_slot_and_says_so_once() -> None:
     assert again.events == () and again.create is None
 
 
+def test_an_attempt_started_without_its_pool_says_so_in_a_warning() -> None:
+    d = lifecycle.reconcile(_dispatch(quota.gate(None, "p", [], "job", NOW)), [], NOW)
+    assert d.create is not None
+    note = "(its QuotaPool 'p' does not exist: the attempt is not held back)"
+    assert d.status.message == f"created pod job-1 for attempt 1 {note}"
+    assert [(e.type, e.reason, e.message) for e in d.events] == [
+        ("Warning", "QuotaPoolMissing", d.status.message)
+    ]
+    assert lifecycle.reconcile(_dispatch(quota.Gate("p"), FleetDispatchStatus()), [], NOW).events == ()
+
+
 def test_a_quota_stop_in_a_pool_reports_the_reset_for_the_pool() -> None:
     gate = quota.Gate("p")
     started = lifecycle.reconcile(_dispatch(gate), [], NOW)

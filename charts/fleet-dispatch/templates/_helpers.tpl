@@ -103,7 +103,8 @@ hand them to every pod there that runs as it. */}}
 {{- define "fleet-dispatch.operatorRules" -}}
 - apiGroups: [fleet.dispatch.dev]
   resources: [fleetdispatches]
-  # create, patch (spec.suspend) and delete: for the dispatches of FleetCampaigns.
+  # create, patch (spec.suspend) and delete: for the dispatches of FleetCampaigns; delete: a finished
+  # dispatch past its ttlSecondsAfterFinished.
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [fleet.dispatch.dev]
   resources: [fleetdispatches/status]
@@ -131,6 +132,10 @@ hand them to every pod there that runs as it. */}}
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, create, delete]
+# spec.workspace: each dispatch's claim, created before its first pod; get: a create that conflicts.
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [create, get]
 - apiGroups: [""]
   resources: [events]
   verbs: [create]

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -27,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import WithJsonSchema
 
 from fleetdispatch.api import names
 from fleetdispatch.api.names import (
@@ -34,6 +36,7 @@ from fleetdispatch.api.names import (
     STATE_DIR,
     STATE_VOLUME,
     SUPERVISOR_CONTAINER,
+    WORKSPACE_VOLUME,
 )
 
 # A dispatch name becomes a label value on its pods, and label values are at most 63 characters.
@@ -57,6 +60,7 @@ ApiEndpoint = Annotated[str, StringConstraints(max_length=261, pattern=API_ENDPO
 OutputPath = Annotated[str, StringConstraints(min_length=1, max_length=255)]
 OutcomeReason = Annotated[str, StringConstraints(max_length=64, pattern=OUTCOME_REASON)]
 ExitCode = Annotated[int, Field(ge=1, le=255)]
+MAX_INT32 = 2147483647
 
 
 class _Spec(BaseModel):
@@ -112,12 +116,24 @@ class Container(BaseModel):
     args: Annotated[list[Argument], Field(max_length=256)] | None = None
     working_dir: Annotated[str, StringConstraints(max_length=4096)] | None = None
     env: Annotated[list[EnvVar], Field(max_length=256)] | None = None
+    volume_mounts: Annotated[list[VolumeMount], Field(max_length=64)] | None = None
 
 
 class Volume(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True, strict=True)
 
     name: DnsLabel
+
+
+class VolumeMount(BaseModel):
+    """A container's volumeMount: its name and path are declared (spec.workspace must not clash with one)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="allow", frozen=True, strict=True
+    )
+
+    name: Annotated[str, StringConstraints(max_length=63)]
+    mount_path: Annotated[str, StringConstraints(max_length=4096)]
 
 
 class PodSpec(BaseModel):
@@ -279,6 +295,129 @@ class FailurePolicy(_Spec):
     rules: Annotated[list[FailurePolicyRule], Field(max_length=20)] = []
 
 
+# A budget's cost: a decimal string (the status's cost has the same form: `session.usage.COST_PATTERN`).
+BUDGET_COST = r"^(0|[1-9][0-9]{0,11})(\.[0-9]{1,12})?$"
+_ZERO_COST = re.compile(r"^0(\.0+)?$")
+
+
+class Budget(_Spec):
+    """What the whole dispatch may spend, across all its attempts; each is optional."""
+
+    total_seconds: Annotated[int, Field(ge=1, le=315360000)] | None = None
+    tokens: Annotated[int, Field(ge=1, le=10**15)] | None = None
+    cost: Annotated[str, StringConstraints(max_length=25, pattern=BUDGET_COST)] | None = None
+
+    @field_validator("cost")
+    @classmethod
+    def _positive_cost(cls, value: str | None) -> str | None:
+        if value is not None and _ZERO_COST.match(value):
+            raise ValueError("budget.cost must be greater than 0 (leave it out for no cost budget)")
+        return value
+
+
+# --- The workspace ---------------------------------------------------------------------------------------
+
+AccessMode = Literal["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"]
+# A resource.Quantity, as the API server's own OpenAPI pattern for quantities says.
+QUANTITY = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
+    r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+_QUANTITY = re.compile(QUANTITY)
+_DOT_SEGMENT = re.compile(r"(^|/)[.][.]?(/|$)")
+
+
+def _quantity(value: int | str) -> int | str:
+    if isinstance(value, str) and (len(value) > 64 or not _QUANTITY.fullmatch(value)):
+        raise ValueError(f"storage must be a quantity such as 1Gi, got {value!r}")
+    return value
+
+
+Quantity = Annotated[
+    int | str,
+    AfterValidator(_quantity),
+    WithJsonSchema({"x-kubernetes-int-or-string": True, "maxLength": 64, "pattern": QUANTITY}),
+]
+
+
+class _Kept(BaseModel):
+    """A part of a Kubernetes object checked where the operator relies on it, the rest kept as written."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="allow", frozen=True, strict=True
+    )
+
+
+class ClaimRequests(_Kept):
+    storage: Quantity
+
+
+class ClaimResources(_Kept):
+    requests: ClaimRequests
+
+
+class ClaimSpec(_Kept):
+    """A PersistentVolumeClaim spec (selector, dataSource, ... are kept for the API server to check)."""
+
+    access_modes: Annotated[list[AccessMode], Field(min_length=1, max_length=4)]
+    resources: ClaimResources
+    storage_class_name: Annotated[str, StringConstraints(max_length=253)] | None = None
+    volume_mode: Literal["Filesystem", "Block"] | None = None
+
+    @field_validator("access_modes")
+    @classmethod
+    def _writable(cls, value: list[str]) -> list[str]:
+        _unique(value, "access mode")
+        if all(mode == "ReadOnlyMany" for mode in value):
+            raise ValueError(
+                "the session writes its workspace: accessModes needs ReadWriteOnce, ReadWriteOncePod or "
+                "ReadWriteMany"
+            )
+        return value
+
+    @field_validator("volume_mode")
+    @classmethod
+    def _filesystem(cls, value: str | None) -> str | None:
+        if value not in (None, "Filesystem"):
+            raise ValueError(
+                "volumeMode must be Filesystem (or left out): the workspace is mounted as a directory"
+            )
+        return value
+
+
+class ClaimTemplate(_Spec):
+    metadata: TemplateMetadata = TemplateMetadata()
+    spec: ClaimSpec
+
+
+class Workspace(_Spec):
+    """`spec.workspace`: the dispatch's claim, mounted into the session container of every attempt."""
+
+    mount_path: Annotated[str, StringConstraints(min_length=2, max_length=1024)] = "/workspace"
+    reclaim_policy: Literal["Delete", "Retain"] = "Delete"
+    volume_claim_template: ClaimTemplate
+
+    @field_validator("mount_path")
+    @classmethod
+    def _absolute(cls, path: str) -> str:
+        if (
+            not path.startswith("/")
+            or path.endswith("/")
+            or "//" in path
+            or _DOT_SEGMENT.search(path) is not None
+        ):
+            raise ValueError(
+                "mountPath must be an absolute path such as /workspace, without a trailing '/', '//' or "
+                "'.' and '..' segments"
+            )
+        if path == STATE_DIR or path.startswith(STATE_DIR + "/"):
+            raise ValueError(
+                f"mountPath may not be {STATE_DIR} or inside it: that is the shared state directory the "
+                "operator mounts"
+            )
+        return path
+
+
 class FleetDispatchSpec(_Spec):
     template: PodTemplate
     timeouts: Timeouts = Timeouts()
@@ -287,6 +426,29 @@ class FleetDispatchSpec(_Spec):
     failure_policy: FailurePolicy | None = None
     quota_pool: Annotated[str, StringConstraints(max_length=253, pattern=DNS_SUBDOMAIN)] | None = None
     suspend: bool = False
+    workspace: Workspace | None = None
+    budget: Budget | None = None
+    # A Job's ttlSecondsAfterFinished: the finished dispatch is deleted that long after; None keeps it.
+    ttl_seconds_after_finished: Annotated[int, Field(ge=0, le=MAX_INT32)] | None = None
+
+    @model_validator(mode="after")
+    def _workspace_fits_the_template(self) -> FleetDispatchSpec:
+        if self.workspace is None:
+            return self
+        pod = self.template.spec
+        if any(v.name == WORKSPACE_VOLUME for v in pod.volumes):
+            raise ValueError(
+                f"template.spec.volumes: the volume name '{WORKSPACE_VOLUME}' is reserved for the workspace "
+                "claim when spec.workspace is set, so rename the volume and its mounts"
+            )
+        path = self.workspace.mount_path
+        mounts = pod.session_container.volume_mounts or []
+        if any(m.mount_path in (path, path + "/") for m in mounts):
+            raise ValueError(
+                "workspace.mountPath is already a volumeMount of the session container in the template; "
+                "choose another mountPath or remove that volumeMount"
+            )
+        return self
 
     @model_validator(mode="after")
     def _idle_output_measurable(self) -> FleetDispatchSpec:
@@ -313,6 +475,18 @@ class Condition(_Status):
     message: str = ""
 
 
+class Usage(_Status):
+    """What a session reported it spent (`session.usage`): one attempt's, or the sum over attempts."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    cost: str | None = None
+    currency: str | None = None
+    model: str | None = None
+
+
 class AttemptRecord(_Status):
     attempt: int
     pod_name: str | None = None
@@ -322,6 +496,7 @@ class AttemptRecord(_Status):
     exit_code: int | None = None
     failure_class: FailureClass | None = None
     message: str | None = None
+    usage: Usage | None = None
 
 
 class FleetDispatchStatus(_Status):
@@ -345,8 +520,11 @@ class FleetDispatchStatus(_Status):
     failure_class: FailureClass | None = None
     reason: str | None = None
     message: str | None = None
+    usage: Usage | None = None
     attempts: list[AttemptRecord] = []
     conditions: list[Condition] = []
+    # The last fleet.dispatch.dev/retry annotation value the operator handled (`lifecycle.retry_mark`).
+    retry_handled: str | None = None
 
 
 class QuotaPoolSpec(_Spec):
@@ -409,6 +587,11 @@ class CampaignTemplate(_Spec):
         except ValidationError as error:
             clauses = describe(error, "").split("; ")
             raise ValueError("; ".join(c.removeprefix(": ").removeprefix(".") for c in clauses)) from None
+        if "ttlSecondsAfterFinished" in spec:
+            raise ValueError(
+                "ttlSecondsAfterFinished: not in a campaign: the campaign counts its dispatches and would "
+                "create a deleted one again; deleting the campaign deletes them"
+            )
         return spec
 
 
@@ -542,15 +725,17 @@ def check_campaign_names(name: str, spec: FleetCampaignSpec) -> None:
         )
 
 
-IMMUTABLE_FIELDS = ("template", "timeouts", "activity", "failure_policy", "quota_pool")
+IMMUTABLE_FIELDS = ("template", "timeouts", "activity", "failure_policy", "quota_pool", "workspace")
 
 
 def check_update(old: FleetDispatchSpec, new: FleetDispatchSpec) -> None:
-    """The CRD's `oldSelf` rules: only `suspend` and `retry` may change after creation."""
+    """The CRD's `oldSelf` rules: only `suspend`, `retry`, `budget` and `ttl_seconds_after_finished` may
+    change after creation."""
     changed = [name for name in IMMUTABLE_FIELDS if getattr(old, name) != getattr(new, name)]
     if changed:
         fields = ", ".join(f"spec.{to_camel(name)}" for name in changed)
         raise InvalidSpec(
-            f"{fields}: immutable after creation (only spec.suspend and spec.retry may change); create a "
-            "new FleetDispatch (a new name) to run a different session"
+            f"{fields}: immutable after creation (only spec.suspend, spec.retry, spec.budget and "
+            "spec.ttlSecondsAfterFinished may change); create a new FleetDispatch (a new name) to run a "
+            "different session"
         )

@@ -21,6 +21,9 @@ SUPERVISOR_CONTAINER = "fleet-supervisor"
 STATE_VOLUME = "fleet-state"
 STATE_DIR = "/var/run/fleet"
 SESSION_CONTAINER = "session"
+# With spec.workspace: the dispatch's claim `<dispatch>-workspace`, mounted as this volume into the session.
+WORKSPACE_VOLUME = "fleet-workspace"
+WORKSPACE_SUFFIX = "-workspace"
 # Every pod of a dispatch carries both; users select a dispatch's pods with them.
 DISPATCH_LABEL = f"{GROUP}/dispatch"
 ATTEMPT_LABEL = f"{GROUP}/attempt"
@@ -30,6 +33,9 @@ CAMPAIGN_LABEL = f"{GROUP}/campaign"
 ITEM_LABEL = f"{GROUP}/item"
 # The session container of a campaign's dispatch sees its item's name in this variable.
 ITEM_ENV = "FLEET_ITEM"
+# Set to a new value on a Failed dispatch, it starts a new line of attempts (`kubectl fleet retry` sets it);
+# the value handled is kept in status.retryHandled, so the same value retries once.
+RETRY_ANNOTATION = f"{GROUP}/retry"
 
 
 def session_container(names: Sequence[str]) -> int | None:
@@ -85,6 +91,9 @@ EVENTS = Resource("", "v1", "events")
 NODES = Resource("", "v1", "nodes", namespaced=False)
 NAMESPACES = Resource("", "v1", "namespaces", namespaced=False)
 SERVICE_ACCOUNTS = Resource("", "v1", "serviceaccounts")
+PERSISTENT_VOLUME_CLAIMS = Resource("", "v1", "persistentvolumeclaims")
+PERSISTENT_VOLUMES = Resource("", "v1", "persistentvolumes", namespaced=False)
+STORAGE_CLASSES = Resource("storage.k8s.io", "v1", "storageclasses", namespaced=False)
 LEASES = Resource("coordination.k8s.io", "v1", "leases")
 CUSTOM_RESOURCE_DEFINITIONS = Resource(
     "apiextensions.k8s.io", "v1", "customresourcedefinitions", namespaced=False

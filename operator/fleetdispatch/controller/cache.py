@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleetdispatch.api import models
+from fleetdispatch.api import models, names
 from fleetdispatch.api.models import FleetDispatchSpec, InvalidSpec
 from fleetdispatch.core import podspec
 from fleetdispatch.core.podstatus import PodView
@@ -42,8 +42,8 @@ class ParsedSpec:
 
 @dataclass
 class Cached:
-    """What the controller keeps of one dispatch: its identity, its parsed spec and its status, not the
-    whole object."""
+    """What the controller keeps of one dispatch: its identity, its parsed spec, its status and its retry
+    annotation, not the whole object."""
 
     uid: str
     generation: int
@@ -52,6 +52,7 @@ class Cached:
     parsed: ParsedSpec
     status: dict[str, Any]
     created: str = ""
+    retry_request: str | None = None  # its fleet.dispatch.dev/retry annotation
 
     @property
     def pool(self) -> str | None:
@@ -107,6 +108,11 @@ class SpecCache:
         return parsed
 
 
+def _retry_request(meta: Mapping[str, Any]) -> str | None:
+    value = (meta.get("annotations") or {}).get(names.RETRY_ANNOTATION)
+    return value if isinstance(value, str) else None
+
+
 @dataclass
 class DispatchCache:
     """The dispatches the controller knows, by (namespace, name)."""
@@ -148,6 +154,7 @@ class DispatchCache:
             parsed=parsed,
             status=compact(dict(body.get("status") or {})),
             created=sys.intern(str(meta.get("creationTimestamp") or "")),
+            retry_request=_retry_request(meta),
         )
         return True
 

@@ -21,6 +21,13 @@ request that got no response has the code `error`), the process and Python colle
   discovery paths) and the response code, as the API server's audit log records them.
 - **Deadline extensions** are counted one per extension, from the count the supervisor reports when the
   attempt ends (its termination message), so a busy hour-long session adds its extensions when it ends.
+- **Usage** (`fleetdispatch_tokens_total` by kind, `fleetdispatch_cost_total` by currency; both by
+  namespace and QuotaPool, `None` for a dispatch in none) is counted once per ended attempt, from the
+  decision that records its usage (`attempts[].usage` set where the status before had none). Restart-safe
+  by the same rule as every counter here: a restarted operator decides from the stored status, which
+  already holds that usage, so nothing is counted twice; a crash between the status write and the count
+  loses that one attempt's count (at most once, never twice). The counters start at 0 in each process, as
+  Prometheus counters do after a restart; `status.usage` is the durable total.
 - Everything lives in a registry of its own: importing this module twice (tests run several operators)
   does not collide with the global registry.
 
@@ -56,7 +63,7 @@ from prometheus_client.registry import Collector
 from fleetdispatch import __version__
 from fleetdispatch.api.models import FleetDispatchStatus, Phase
 from fleetdispatch.controller.workqueue import Progress
-from fleetdispatch.core import lifecycle, quota
+from fleetdispatch.core import lifecycle, quota, usage
 from fleetdispatch.core.podstatus import PodView
 from fleetdispatch.session import protocol
 
@@ -64,6 +71,7 @@ PHASES: tuple[Phase, ...] = ("Pending", "Running", "Succeeded", "Failed", "Reque
 # Stopped by supervision (the `fleetdispatch_stops_total` reasons).
 STOP_REASONS = ("DeadlineExceeded", "IdleTimeout", "SupervisorLost")
 NO_FAILURE_CLASS = "None"  # a success's `failure_class` label: a value, never an empty one
+NO_POOL = "None"  # the `pool` label of a dispatch in no QuotaPool (a pool name is lowercase: no clash)
 NO_RESPONSE = "error"  # the `code` of a request that got no response (refused, reset, timed out)
 DISCOVERY = "discovery"  # the `resource` of /api, /apis, /apis/GROUP and /apis/GROUP/VERSION
 NON_RESOURCE = "nonresource"  # the `resource` of any other path that names no resource (/version, ...)
@@ -282,6 +290,20 @@ class Metrics:
             buckets=RECONCILE_BUCKETS,
             registry=r,
         )
+        self.tokens = Counter(
+            "fleetdispatch_tokens",
+            "Tokens the sessions reported (usage.json), by kind (input, output, cacheRead, cacheWrite), "
+            "namespace and QuotaPool, counted when each attempt ends.",
+            ["kind", "namespace", "pool"],
+            registry=r,
+        )
+        self.cost = Counter(
+            "fleetdispatch_cost",
+            "Cost the sessions reported (usage.json), by namespace, QuotaPool and currency, counted when "
+            "each attempt ends.",
+            ["namespace", "pool", "currency"],
+            registry=r,
+        )
         for reason in STOP_REASONS:  # every stop reason is exported, at 0 until it happens
             self.stops.labels(reason)
 
@@ -300,6 +322,9 @@ class Metrics:
         decision: lifecycle.Decision,
         pods: Iterable[PodView],
         now: datetime,
+        *,
+        namespace: str = "",
+        pool: str | None = None,
     ) -> None:
         """Count what one carried-out decision did, from the status before it (`before`) and after it.
 
@@ -315,6 +340,7 @@ class Metrics:
                 self.stops.labels(outcome.reason).inc()
             if outcome.verdict == "Requeue" and after.phase == "Requeued":
                 self.requeues.inc()
+        self._count_usage(before, after, namespace, pool)
         by_name = {pod.name: pod for pod in pods}
         known = {record.attempt for record in before.attempts}
         for record in after.attempts:
@@ -337,6 +363,24 @@ class Metrics:
         if decision.create is not None and waited and before.requeue_at is not None:
             late = (now - before.requeue_at).total_seconds()
             self.requeue_lateness.labels(before.phase).observe(max(0.0, late))
+
+    def _count_usage(
+        self, before: FleetDispatchStatus, after: FleetDispatchStatus, namespace: str, pool: str | None
+    ) -> None:
+        """The usage of every attempt whose record got its usage in this decision (a new record, or a
+        suspended attempt's once its report showed)."""
+        counted = {record.attempt for record in before.attempts if record.usage is not None}
+        for record in after.attempts:
+            if record.usage is None or record.attempt in counted:
+                continue
+            labels = (namespace or "None", pool or NO_POOL)
+            for kind, attribute in zip(usage.TOKEN_KINDS, usage.TOKEN_ATTRIBUTES, strict=True):
+                count = getattr(record.usage, attribute)
+                if count:
+                    self.tokens.labels(kind, *labels).inc(count)
+            spent = usage.cost(record.usage)
+            if spent > 0:
+                self.cost.labels(*labels, record.usage.currency or "USD").inc(float(spent))
 
 
 def _decoded(message: str | None) -> Any:

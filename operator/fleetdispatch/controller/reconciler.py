@@ -22,6 +22,14 @@
   status says `FailedCreate`, an Event the API server's message), then raises `CreateRefused`, so the create
   is retried with the key's growing backoff until it is admitted. A pod refused as invalid (400, 422: the
   template is immutable, so it would be refused for ever) fails the dispatch (`InvalidSpec`).
+- **The workspace claim** (`spec.workspace`) is created before the pod that mounts it, once per dispatch
+  (AlreadyExists: adopted when it is the dispatch's own, `core.workspace.foreign`); a claim of that name
+  that is someone else's is refused as a pod would be (`FailedCreate`, an Event, the key's backoff).
+
+- **Deleting the dispatch** (`decision.delete_dispatch`, its ttlSecondsAfterFinished passed) comes last,
+  with the resourceVersion the decision was made on as a precondition and background propagation (its pods
+  and owned claim go through the garbage collector): a dispatch changed meanwhile (a retry) is read again
+  and decided again (409), one already gone is done (404).
 
 Deliberately not here: any judgement (that is `core`), queueing and retries (`workqueue`), pool
 bookkeeping (`pools`), what is cached (`cache`), kopf (`handlers`).
@@ -40,7 +48,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from fleetdispatch.api import names
-from fleetdispatch.api.models import FleetDispatchStatus
+from fleetdispatch.api.models import FleetDispatchStatus, Workspace
 from fleetdispatch.api.settings import OperatorSettings
 from fleetdispatch.client.kubeapi import MERGE_PATCH, ApiError, KubeApi
 from fleetdispatch.controller.cache import DispatchCache, Key, Pods
@@ -48,7 +56,7 @@ from fleetdispatch.controller.leases import LeaseWatch
 from fleetdispatch.controller.metrics import Metrics
 from fleetdispatch.controller.pools import PoolBook
 from fleetdispatch.controller.workqueue import Progress, Workers, WorkQueue
-from fleetdispatch.core import lifecycle, live, podspec, quota
+from fleetdispatch.core import lifecycle, live, podspec, quota, workspace
 from fleetdispatch.core.podstatus import PodView, observe
 from fleetdispatch.session.protocol import format_time
 
@@ -78,6 +86,12 @@ def status_patch(stored: Mapping[str, Any], wanted: BaseModel) -> dict[str, Any]
     known = {info.alias or name for name, info in type(wanted).model_fields.items()}
     patch.update({k: None for k in stored if k in known and k not in after})
     return patch
+
+
+def _attempt_of(dispatch: str, pod_name: str) -> int:
+    """The attempt a pod of `dispatch` belongs to, by its name (`<dispatch>-<attempt>`); 0 if not one."""
+    suffix = pod_name.removeprefix(f"{dispatch}-")
+    return int(suffix) if suffix.isdigit() and suffix != pod_name else 0
 
 
 def event_body(
@@ -160,6 +174,8 @@ class Reconciler:
         # Namespaces found without the heartbeat's ServiceAccount, until when (monotonic).
         self._no_heartbeat: dict[str, float] = {}
         self._settings_without_heartbeat = settings.model_copy(update={"heartbeat_service_account": None})
+        # Dispatches whose workspace claim is known to exist and be theirs (so later attempts skip the POST).
+        self._workspaces: dict[Key, str] = {}  # dispatch -> the uid whose claim is known
 
     # --- running -------------------------------------------------------------------------------------
 
@@ -195,6 +211,7 @@ class Reconciler:
             self.queue.discard(key)
             self._live_written.pop(key, None)
             self._gone_reports.pop(key, None)
+            self._workspaces.pop(key, None)
             if gone is not None and gone.pool is not None:
                 self.pools.left(key, gone.pool)
             return
@@ -204,7 +221,11 @@ class Reconciler:
     def saw_pod(self, namespace: str, pod_name: str, dispatch: str, gone_report: str | None = None) -> None:
         """A pod event; `gone_report` is the supervisor's termination message of a pod that was deleted."""
         self.pods.seen(namespace, pod_name)
-        if gone_report:
+        kept = self._gone_reports.get((namespace, dispatch))
+        # The report of an earlier attempt's pod (deleted as clean-up) never replaces a later one's.
+        if gone_report and (
+            kept is None or _attempt_of(dispatch, kept[0]) <= _attempt_of(dispatch, pod_name)
+        ):
             self._gone_reports[(namespace, dispatch)] = (pod_name, gone_report)
         self.queue.add((namespace, dispatch))
 
@@ -265,6 +286,7 @@ class Reconciler:
             invalid=cached.parsed.invalid,
             gate=gate,
             gone_pod_report=self._gone_reports.get(key),
+            retry_request=cached.retry_request,
         )
         pods = self.pods.of(key, cached.uid)
         heartbeat = await self._heartbeat(key, status, now)
@@ -315,6 +337,8 @@ class Reconciler:
             self.queue.add_after(key, delay)
         else:
             self.queue.cancel_wake(key)
+        if decision.delete_dispatch:
+            await self._delete_dispatch(key)
         if refusal is not None:
             raise refusal  # the workers retry the create with the key's backoff, growing while it is refused
 
@@ -402,6 +426,10 @@ class Reconciler:
         """Create the attempt's pod; the API server's reason when it refuses the pod for good, else None."""
         assert dispatch.spec is not None
         ref = podspec.DispatchRef(dispatch.name, dispatch.namespace, dispatch.uid)
+        if dispatch.spec.workspace is not None:
+            refused = await self._ensure_workspace(ref, dispatch.spec.workspace, request.attempt)
+            if refused is not None:
+                return refused
         heartbeat = self._no_heartbeat.get(dispatch.namespace, 0.0) <= time.monotonic()
         settings = self.settings if heartbeat else self._settings_without_heartbeat
         pod = podspec.build_pod(ref, dispatch.spec, template, request, now.timestamp(), settings)
@@ -439,6 +467,37 @@ class Reconciler:
         self.pods.created(dispatch.namespace, observe(created))
         return None
 
+    async def _ensure_workspace(self, ref: podspec.DispatchRef, spec: Workspace, attempt: int) -> str | None:
+        """The dispatch's workspace claim exists and is its own before its pod is created (created now, or
+        adopted: AlreadyExists after a restart or a lost response). A claim of that name that is not its
+        own, or being deleted, is refused as a pod would be (`CreateRefused`: the status and an Event say
+        why, the key backs off); the API server's reason when it refuses the claim for good, else None."""
+        key = (ref.namespace, ref.name)
+        if self._workspaces.get(key) == ref.uid:
+            return None
+        claim = workspace.build_claim(ref, spec)
+        path = names.PERSISTENT_VOLUME_CLAIMS.path(ref.namespace)
+        what = f"the workspace claim {claim['metadata']['name']} for attempt {attempt}"
+        try:
+            await self.api.request("POST", path, claim)
+        except ApiError as error:
+            if error.status == 409:
+                found = await self.api.request(
+                    "GET", names.PERSISTENT_VOLUME_CLAIMS.path(ref.namespace, claim["metadata"]["name"])
+                )
+                problem = workspace.foreign(found, ref, spec)
+                if problem is not None:
+                    raise CreateRefused(problem[:CREATE_REFUSED_MAX]) from None
+            elif error.status == 403:
+                message = f"the API server refused {what}: {error.message}"
+                raise CreateRefused(message[:CREATE_REFUSED_MAX]) from None
+            elif error.status in (400, 422):
+                return f"the API server refused {what}: {error.message}"
+            else:
+                raise
+        self._workspaces[key] = ref.uid
+        return None
+
     def _heartbeat_account_missing(self, error: ApiError) -> bool:
         """Whether the API server refused a pod because the heartbeat's ServiceAccount does not exist (the
         ServiceAccount admission's "error looking up service account NS/NAME: ... not found")."""
@@ -448,6 +507,35 @@ class Reconciler:
             and "error looking up service account" in error.message
             and (f'serviceaccount "{account}" not found' in error.message)
         )
+
+    async def _delete_dispatch(self, key: Key) -> None:
+        """Delete the finished dispatch whose ttl has passed, as decided on the cached object: a changed
+        one (409) is read and decided again, one already gone (404) is done."""
+        cached = self.cache.get(key)
+        if cached is None:
+            return
+        options = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "propagationPolicy": "Background",
+            "preconditions": {"uid": cached.uid, "resourceVersion": cached.resource_version},
+        }
+        try:
+            await self.api.request("DELETE", names.FLEET_DISPATCHES.path(*key), options)
+        except ApiError as error:
+            if error.status == 409:
+                try:
+                    fresh = await self.api.request("GET", names.FLEET_DISPATCHES.path(*key))
+                except ApiError as again:
+                    if again.status == 404:
+                        return
+                    raise
+                self.remember(key, fresh)
+                self.queue.add(key)
+                return
+            if error.status != 404:
+                raise
+        logger.info("%s/%s: deleted, its ttlSecondsAfterFinished has passed", *key)
 
     async def _delete_pod(self, namespace: str, name: str) -> None:
         try:
@@ -464,7 +552,8 @@ class Reconciler:
     ) -> None:
         """Metrics and Events for what the decision did; an Event that cannot be posted is only logged."""
         pods = self.pods.of((dispatch.namespace, dispatch.name), dispatch.uid)
-        self.metrics.record(before, decision, pods, self.clock())
+        pool = dispatch.spec.quota_pool if dispatch.spec is not None else None
+        self.metrics.record(before, decision, pods, self.clock(), namespace=dispatch.namespace, pool=pool)
         for event in decision.events:
             await self._post_event(dispatch, event)
 

@@ -70,26 +70,53 @@ Events: one per transition the operator decides (a pod created, a retry, a reque
 Pending to Running is mirrored from the pod and has none, because the kubelet's own `Started` event on the
 pod already says so, and a write saved per dispatch is a write saved per campaign member.
 
+Clean-up. The pods of earlier attempts are deleted once their end is recorded in `status.attempts` (or
+their record has aged out of that bounded history); the last attempt's pod stays, for its logs. With
+`spec.ttlSecondsAfterFinished`, a finished dispatch is deleted that long after its `completionTime`
+(`Decision.delete_dispatch`; its pods and an owned workspace claim go with it through the garbage
+collector): decided only on a stored terminal status, so the status and Events of the end are written
+first, and a restart computes the same moment (`expires_at`).
+
+Retry in place. A new value of the `fleet.dispatch.dev/retry` annotation (`Dispatch.retry_request`) on a
+`Failed` dispatch starts a new line of attempts: every spending counter starts over, the history, the
+attempt numbers and the start time go on, Event `Retried`; the next attempt resumes or starts afresh as
+after the last attempt's end. The value is recorded (`status.retryHandled`, see `retry_mark`) whatever the
+phase, so a value retries once, and a value set on a dispatch that is not `Failed` is ignored with a
+`RetryIgnored` Event: it does not wait to retry an attempt that fails hours later. A dispatch created with
+the annotation records it silently (it asks for nothing yet). A retry takes precedence over the ttl.
+
+Usage and budgets (`usage`). An ended attempt's usage (its supervisor's report, else the report its pod's
+DELETED event carried, else its Lease's latest figures) is recorded in its `attempts[]` entry and added to
+`status.usage` once, in the decision that ends it (a suspended attempt's, when its final report shows).
+`spec.budget`: once a budget is spent, no new attempt starts; an attempt that ends without succeeding
+fails the dispatch at once instead of backing off or requeueing; a running attempt is stopped (its pod
+deleted, with its grace, outcome `BudgetExceeded`) once `totalSeconds` has run out since `startTime`, or
+once the totals plus its Lease's figures reach `tokens` or `cost`; and a wait (a requeue, a backoff) that
+would end at or after `totalSeconds` fails at once rather than waiting. Each ends `Failed`, reason
+`BudgetExceeded`, its message naming the budget.
+
 Deliberately not here: reading outcomes (`classify`), backoff arithmetic (`backoff`), building the pod
 (`podspec`), any I/O or clock.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from fleetdispatch.api.models import AttemptRecord, FleetDispatchSpec, FleetDispatchStatus, Phase
-from fleetdispatch.core import backoff, classify, conditions, live
+from fleetdispatch.api.models import AttemptRecord, FleetDispatchSpec, FleetDispatchStatus, Phase, Usage
+from fleetdispatch.api.names import RETRY_ANNOTATION
+from fleetdispatch.core import backoff, classify, conditions, live, usage
 from fleetdispatch.core.classify import Outcome
 from fleetdispatch.core.podspec import AttemptRequest, pod_name
 from fleetdispatch.core.podstatus import PodView
 from fleetdispatch.core.quota import Gate
 from fleetdispatch.session import protocol
-from fleetdispatch.session.protocol import parse_time
+from fleetdispatch.session.protocol import format_time, parse_time
 
 TERMINAL: frozenset[Phase] = frozenset({"Succeeded", "Failed"})
 IN_FLIGHT: frozenset[Phase] = frozenset({"Pending", "Running"})
@@ -105,6 +132,13 @@ SUSPENDED = "Suspended"
 QUOTA_EXHAUSTED = "QuotaExhausted"
 QUOTA_POOL_EXHAUSTED = "QuotaPoolExhausted"
 QUOTA_POOL_FULL = "QuotaPoolFull"
+BUDGET_EXCEEDED = "BudgetExceeded"
+RETRIED = "Retried"
+STARTED = "Started"  # the Event of an attempt seen running
+QUOTA_POOL_MISSING = "QuotaPoolMissing"  # an attempt started without the pool it names
+RETRY_IGNORED = "RetryIgnored"
+# status.retryHandled holds an annotation value up to this long as it is, a longer one as its digest.
+MAX_RETRY_MARK = 253
 # Waiting reasons every pod goes through; only the others (ImagePullBackOff, ...) are worth a status write.
 ROUTINE_WAITING = ("ContainerCreating", "PodInitializing")
 RESUMING_CLASSES = frozenset({"Quota", "Timeout", "Infrastructure"})
@@ -140,6 +174,8 @@ class Dispatch:
     # The supervisor's last report of a pod that is gone (pod name, termination message), from its DELETED
     # event: a suspended attempt's pod may be removed before a reconcile reads its final status.
     gone_pod_report: tuple[str, str] | None = None
+    # The value of its `fleet.dispatch.dev/retry` annotation, if any.
+    retry_request: str | None = None
 
 
 @dataclass(frozen=True)
@@ -166,6 +202,37 @@ class Decision:
     outcomes: tuple[Outcome, ...] = ()
     # The reset an attempt reported, for the dispatch's QuotaPool (`status.exhaustedUntil`).
     pool_exhausted_until: datetime | None = None
+    # Its ttlSecondsAfterFinished has passed: delete the dispatch itself.
+    delete_dispatch: bool = False
+
+
+def retry_mark(value: str) -> str:
+    """What `status.retryHandled` records of a retry annotation's value: the value itself, or the digest of
+    one too long for the status (any two values differ in what is recorded, as they would as values)."""
+    if len(value) <= MAX_RETRY_MARK:
+        return value
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
+
+
+def finished_at(status: FleetDispatchStatus) -> datetime | None:
+    """When a finished dispatch finished: its `completionTime`, else (a status written without one) the
+    last transition of the condition its end set; None while it has not finished."""
+    if status.phase not in TERMINAL:
+        return None
+    if status.completion_time is not None:
+        return status.completion_time
+    type_ = conditions.READY if status.phase == "Succeeded" else conditions.STALLED
+    condition = conditions.find(status.conditions, type_)
+    return condition.last_transition_time if condition is not None and condition.status == "True" else None
+
+
+def expires_at(spec: FleetDispatchSpec | None, status: FleetDispatchStatus) -> datetime | None:
+    """When a finished dispatch is deleted (`spec.ttlSecondsAfterFinished` after it finished); None when it
+    is kept: no ttl, not finished, or its spec cannot be read."""
+    finished = finished_at(status)
+    if spec is None or spec.ttl_seconds_after_finished is None or finished is None:
+        return None
+    return later(finished, spec.ttl_seconds_after_finished)
 
 
 def later(moment: datetime, seconds: float) -> datetime:
@@ -197,6 +264,7 @@ class _Reconcile:
     events: list[Event] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     pool_exhausted_until: datetime | None = None
+    delete_dispatch: bool = False
 
     @property
     def spec(self) -> FleetDispatchSpec:
@@ -222,6 +290,13 @@ class _Reconcile:
 
     def wait_until(self, phase: Phase, until: datetime, reason: str, message: str) -> None:
         s = self.status
+        limit = usage.time_limit(self.spec.budget, s.start_time)
+        if limit is not None and until >= limit:
+            # The attempt it waits for could not start anyway: fail now rather than at the reset.
+            assert self.spec.budget is not None
+            why = usage.wait_message(self.spec.budget, limit, until)
+            self.finish("Failed", BUDGET_EXCEEDED, f"{message}; {why}")
+            return
         s.phase, s.reason, s.message, s.requeue_at = phase, reason, message, until
         self.event(
             "Normal" if phase == "Requeued" else "Warning",
@@ -234,6 +309,7 @@ class _Reconcile:
     def run(self) -> None:
         s, d = self.status, self.dispatch
         s.observed_generation = d.generation
+        self.take_retry_request()
         if d.invalid is not None:
             if s.phase not in TERMINAL:
                 s.failure_class = None
@@ -260,6 +336,62 @@ class _Reconcile:
             self.unsuspend()
         if s.phase in WAITING or (s.phase == "Pending" and s.pod_name is None):
             self.start_next()
+
+    def take_retry_request(self) -> None:
+        """A new `fleet.dispatch.dev/retry` value: a Failed dispatch starts a new line of attempts; in any
+        other phase it is recorded and ignored."""
+        s, d = self.status, self.dispatch
+        if d.retry_request is None:
+            return
+        mark = retry_mark(d.retry_request)
+        if mark == s.retry_handled:
+            return
+        s.retry_handled = mark
+        shown = d.retry_request if len(d.retry_request) <= 64 else d.retry_request[:61] + "..."
+        if s.phase is None:
+            return  # created with the annotation: it asks for nothing yet
+        if s.phase != "Failed" or d.invalid is not None:
+            why = "its spec is invalid" if d.invalid is not None else f"it is {s.phase}, not Failed"
+            self.event(
+                "Warning",
+                RETRY_IGNORED,
+                f"{RETRY_ANNOTATION}={shown} ignored: {why}; only a Failed dispatch is retried",
+            )
+            return
+        s.failures = s.resumes = s.requeues = s.infrastructure_failures = 0
+        s.phase, s.pod_name, s.requeue_at, s.completion_time = "Pending", None, None, None
+        s.deadline = s.deadline_cap = None
+        s.reason = RETRIED
+        s.message = (
+            f"retried ({RETRY_ANNOTATION}={shown}): a new line of attempts from attempt {s.attempt + 1}, "
+            "its counters started over"
+        )
+        self.event("Normal", RETRIED, s.message)
+
+    def expire(self) -> None:
+        """`spec.ttlSecondsAfterFinished`: delete the dispatch once it has passed, wake up when it will.
+        Only a finish already stored is acted upon, so its status and Events are written first."""
+        expiry = expires_at(self.dispatch.spec, self.status)
+        if expiry is None:
+            return
+        if self.now >= expiry and self.dispatch.status.phase in TERMINAL:
+            self.delete_dispatch = True
+        else:
+            self.wakes.append(expiry)
+
+    def remove_earlier_pods(self) -> None:
+        """The pods of attempts before the last, once their end is recorded: the status holds what they
+        said; the last attempt's pod stays for its logs."""
+        s = self.status
+        ended = {record.attempt for record in s.attempts if record.outcome is not None}
+        # The history is bounded, oldest first: an attempt older than its oldest record was recorded.
+        oldest = min((record.attempt for record in s.attempts), default=None)
+        for pod in self.pods:
+            n = pod.attempt
+            if n is None or n >= s.attempt:
+                continue
+            if n in ended or (oldest is not None and n < oldest):
+                self.delete_pod(pod)
 
     def stop_others(self, current: PodView | None) -> None:
         for pod in self.pods:
@@ -316,6 +448,8 @@ class _Reconcile:
         if outcome is not None:
             self.end_attempt(outcome, pod)
             return
+        if self.stop_over_budget(pod, None):
+            return
         started = pod.supervision_started_at
         t = self.spec.timeouts
         if started is not None:
@@ -341,9 +475,16 @@ class _Reconcile:
         if pod.session_started_at is not None and s.phase == "Pending":
             # One status write for the whole transition: the phase, and the budget it runs on.
             s.phase, s.reason, s.message = "Running", "Running", f"session running in pod {pod.name}"
+            # The attempt's one Event before its end: its pod's creation is told here, not as an Event of
+            # its own (one API write fewer per attempt; an attempt over before it was seen running tells
+            # it in its end's Event, and the status and the pod itself say it meanwhile).
+            created = f", created {format_time(pod.created_at)}" if pod.created_at is not None else ""
+            self.event("Normal", STARTED, f"attempt {s.attempt} running in pod {pod.name}{created}")
             supervised = started or pod.session_started_at
             if s.start_time is None:
                 s.start_time = supervised
+                if (budget_end := usage.time_limit(self.spec.budget, s.start_time)) is not None:
+                    self.wakes.append(budget_end)  # budget.totalSeconds counts from here
             if s.deadline is None:
                 s.deadline = later(supervised, t.deadline_seconds)
                 s.deadline_cap = later(s.deadline, t.max_extension_seconds)
@@ -373,6 +514,8 @@ class _Reconcile:
             message = live.lost_message(heartbeat, lease, self.now)
             outcome = classify.lost(classify.SUPERVISOR_LOST, message)
             self.end_attempt(classify.apply_policy(self.spec.failure_policy, outcome), pod)
+            return
+        if lease.usage is not None and self.stop_over_budget(pod, lease.usage):
             return
         changed = live.changes(lease, {key: getattr(s, key) for key in live.LIVE_FIELDS.values()})
         if not changed:
@@ -417,8 +560,10 @@ class _Reconcile:
             exit_code=outcome.exit_code,
             failure_class=outcome.failure_class,
             message=outcome.message or None,
+            usage=self.attempt_usage(pod),
         )
         s.attempts = [*s.attempts, record][-self.limits.history_limit :]
+        s.usage = usage.add(s.usage, record.usage)
         self.mirror_report(outcome)
         if outcome.resume_token:
             s.resume_token = outcome.resume_token
@@ -426,6 +571,11 @@ class _Reconcile:
         what = f"attempt {s.attempt} ended: {outcome.reason}" + (
             f": {outcome.message}" if outcome.message else ""
         )
+        if outcome.verdict not in ("Succeed", "Fail"):
+            spent = usage.spent(self.spec.budget, s.usage, s.start_time, self.now)
+            if spent is not None:  # no attempt may follow: fail now rather than after a wait
+                self.finish("Failed", BUDGET_EXCEEDED, f"{what}; {spent}")
+                return
         match outcome.verdict:
             case "Succeed":
                 self.finish("Succeeded", outcome.reason, f"attempt {s.attempt} completed")
@@ -503,6 +653,43 @@ class _Reconcile:
                     "Requeued", until, QUOTA_EXHAUSTED, f"{what}; {when}; next attempt at {until.isoformat()}"
                 )
 
+    def attempt_usage(self, pod: PodView | None) -> Usage | None:
+        """What the ending attempt spent: its supervisor's final report, else the report its pod's DELETED
+        event carried, else the latest figures of its (trusted) Lease: a pod the operator deletes ends
+        its attempt before its supervisor reports."""
+        s = self.status
+        found = usage.from_report(pod.supervisor_message) if pod is not None else None
+        gone = self.dispatch.gone_pod_report
+        if found is None and gone is not None and gone[0] == s.pod_name:
+            found = usage.from_report(gone[1])
+        heartbeat = self.dispatch.heartbeat
+        lease = heartbeat.lease if heartbeat is not None else None
+        trusted = (
+            pod is not None
+            and lease is not None
+            and live.distrust(lease, pod, self.dispatch.name, s.attempt) is None
+        )
+        if found is None and trusted and lease is not None:
+            found = lease.usage
+        return found
+
+    def stop_over_budget(self, pod: PodView, running: Usage | None) -> bool:
+        """Stop the current attempt when a budget is spent, its usage so far (`running`, from its Lease)
+        counted: its pod is deleted (the session gets TERM and the pod's grace), and the dispatch fails."""
+        s, budget = self.status, self.spec.budget
+        if budget is None or pod.session is not None or pod.deleting:
+            return False
+        spent = usage.spent(budget, usage.add(s.usage, running), s.start_time, self.now)
+        if spent is None:
+            limit = usage.time_limit(budget, s.start_time)
+            if limit is not None:
+                self.wakes.append(limit)
+            return False
+        self.delete_pod(pod)
+        message = f"{spent}, so pod {pod.name} was deleted"
+        self.end_attempt(Outcome(BUDGET_EXCEEDED, "Fail", message=message[: classify.MAX_MESSAGE]), pod)
+        return True
+
     def back_off(self, failures: int, what: str) -> None:
         s = self.status
         seconds = backoff.delay(self.spec.retry.backoff, failures, f"{self.dispatch.uid}/{s.attempt}")
@@ -556,6 +743,9 @@ class _Reconcile:
         token = classify.read_resume_token(message)
         if token is not None:
             s.resume_token = token
+        if last.usage is None and (found := usage.from_report(message)) is not None:
+            last.usage = found  # recorded once, so added to the totals once
+            s.usage = usage.add(s.usage, found)
 
     def unsuspend(self) -> None:
         s = self.status
@@ -569,7 +759,17 @@ class _Reconcile:
 
     def start_next(self) -> None:
         s, retry = self.status, self.spec.retry
+        spent = usage.spent(self.spec.budget, s.usage, s.start_time, self.now)
+        limit = usage.time_limit(self.spec.budget, s.start_time)
+        if spent is not None:
+            self.finish("Failed", BUDGET_EXCEEDED, f"no further attempt: {spent}")
+            return
         if s.requeue_at is not None and self.now < s.requeue_at:
+            if limit is not None and s.requeue_at >= limit:  # the budget was lowered while waiting
+                assert self.spec.budget is not None
+                wait = usage.wait_message(self.spec.budget, limit, s.requeue_at)
+                self.finish("Failed", BUDGET_EXCEEDED, f"no further attempt: {wait}")
+                return
             self.wakes.append(s.requeue_at)
             return
         if any(p.live for p in self.pods):
@@ -604,8 +804,7 @@ class _Reconcile:
         s.message = f"created pod {s.pod_name} for attempt {attempt}" + (" (resuming)" if resume else "")
         if gate is not None and gate.missing:
             s.message += f" (its QuotaPool {gate.pool!r} does not exist: the attempt is not held back)"
-        if self.dispatch.create_refused is None:
-            self.event("Normal", "Created", s.message)
+            self.event("Warning", QUOTA_POOL_MISSING, s.message)
         self.refuse_create()
 
     def pool_allows(self, gate: Gate) -> bool:
@@ -711,10 +910,13 @@ def reconcile(
     dispatch: Dispatch, pods: Sequence[PodView], now: datetime, limits: Limits = Limits()
 ) -> Decision:
     """The next status and actions for `dispatch`, whose pods (every one labelled with it) are `pods`."""
-    run = _Reconcile(
-        dispatch, pods, now.replace(microsecond=0), limits, dispatch.status.model_copy(deep=True)
-    )
+    # The working copy the steps change: validating a dump is about 7 times cheaper than a deep copy of the
+    # model (bench/README.md, [scale]), and gives the same status.
+    working = FleetDispatchStatus.model_validate(dispatch.status.model_dump(round_trip=True))
+    run = _Reconcile(dispatch, pods, now.replace(microsecond=0), limits, working)
     run.run()
+    run.remove_earlier_pods()
+    run.expire()
     bound(run.status)
     run.set_conditions()
     return Decision(
@@ -725,4 +927,5 @@ def reconcile(
         events=tuple(run.events),
         outcomes=tuple(run.outcomes),
         pool_exhausted_until=run.pool_exhausted_until,
+        delete_dispatch=run.delete_dispatch,
     )

@@ -2,7 +2,7 @@
 
 The supervisor of each pod renews a `coordination.k8s.io/v1` Lease (`session.heartbeat`) every heartbeat
 period, carrying its figures (the deadline as extended, the last activity and its reason, the last output)
-as annotations. This module is the operator's pure judgement of such a Lease:
+and the session's usage so far as annotations. This module is the operator's pure judgement of such a Lease:
 
 - **`observe(body)`** reads a Lease as the API returns it into a small `LeaseView` (as `podstatus.observe`
   does for pods), tolerant of anything missing or malformed.
@@ -32,7 +32,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from fleetdispatch.api.models import Usage
 from fleetdispatch.api.names import ATTEMPT_LABEL, DISPATCH_LABEL
+from fleetdispatch.core import usage
 from fleetdispatch.core.podstatus import PodView
 from fleetdispatch.session import heartbeat, protocol
 from fleetdispatch.session.protocol import parse_time
@@ -66,6 +68,8 @@ class LeaseView:
     last_activity: datetime | None = None
     activity_reason: str | None = None
     last_output: datetime | None = None
+    # The session's usage so far (the `usage` annotation), for the dispatch's budget.
+    usage: Usage | None = None
 
     def figures(self) -> dict[str, Any]:
         """The live figures the Lease carries, by status attribute; what it does not say is left out."""
@@ -106,6 +110,7 @@ def observe(body: Mapping[str, Any]) -> LeaseView:
         and reference.get("uid")
     )
     holder = spec.get("holderIdentity")
+    annotation_usage = annotations.get(heartbeat.ANNOTATION_PREFIX + heartbeat.USAGE_ANNOTATION)
     return LeaseView(
         name=str(metadata.get("name") or ""),
         namespace=str(metadata.get("namespace") or ""),
@@ -119,6 +124,7 @@ def observe(body: Mapping[str, Any]) -> LeaseView:
         last_activity=_whole_seconds(annotation(protocol.REPORT_LAST_ACTIVITY)),
         activity_reason=reason if isinstance(reason, str) and reason in protocol.ACTIVITY_REASONS else None,
         last_output=_whole_seconds(annotation(protocol.REPORT_LAST_OUTPUT)),
+        usage=usage.from_annotation(annotation_usage),
     )
 
 

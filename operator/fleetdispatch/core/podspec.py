@@ -17,6 +17,8 @@ section 2 asks for and nothing else:
   may not start with `FLEET_`; `env` wins over `envFrom`, so a ConfigMap cannot shadow the names the
   operator sets); the session's `terminationMessagePath` at `/var/run/fleet/outcome.json`, so the outcome
   reaches the operator through the pod status (`FallbackToLogsOnError` unless the template chose a policy).
+- With `spec.workspace`: the dispatch's claim `<dispatch>-workspace` (the volume `fleet-workspace`) at
+  `workspace.mountPath` in the session container alone, in every attempt (`core.workspace` builds the claim).
 - The name `<dispatch>-<attempt>`, the dispatch and attempt labels (over any the template sets) and a
   controller owner reference to the dispatch, so pods are found by label and garbage-collected with it.
 - Kubernetes expands `$(VAR)` in `command`, `args` and `env` values, and `$$` is a literal `$`: every value
@@ -147,6 +149,7 @@ def build_pod(  # noqa: PLR0917 - one argument per input of the pure function, a
     models.check_name(ref.name)
     # The raw template is what the pod is built from; it is checked too, in case it says more than the model.
     _check(template)
+    _check_workspace(spec, template)
     name = pod_name(ref.name, request.attempt)
     raw = copy.deepcopy(dict(template))
     metadata: dict[str, Any] = raw.get("metadata") or {}
@@ -172,7 +175,7 @@ def build_pod(  # noqa: PLR0917 - one argument per input of the pure function, a
 
     state_mount = {"name": names.STATE_VOLUME, "mountPath": names.STATE_DIR}
     session["env"] = [*(session.get("env") or []), *_session_env(ref, spec, request, now)]
-    session["volumeMounts"] = [*(session.get("volumeMounts") or []), state_mount]
+    session["volumeMounts"] = [*(session.get("volumeMounts") or []), state_mount, *_workspace_mounts(spec)]
     session["terminationMessagePath"] = OUTCOME_PATH
     _default(session, "terminationMessagePolicy", "FallbackToLogsOnError")
 
@@ -199,6 +202,7 @@ def build_pod(  # noqa: PLR0917 - one argument per input of the pure function, a
     volumes: list[dict[str, Any]] = [
         *(pod_spec.get("volumes") or []),
         {"name": names.STATE_VOLUME, "emptyDir": {}},
+        *_workspace_volumes(ref, spec),
     ]
     if heartbeat_account is not None:
         # The pod's uid is known only once it is created: the downward API hands it to the supervisor.
@@ -356,7 +360,41 @@ def _root_problems(where: str, container: Mapping[str, Any], pod_security: Mappi
     ]
 
 
+def _check_workspace(spec: models.FleetDispatchSpec, template: Mapping[str, Any]) -> None:
+    """The workspace's volume name and mountPath are free in the raw template (`models` checks the model)."""
+    if spec.workspace is None:
+        return
+    pod: Mapping[str, Any] = template.get("spec") or {}
+    containers: list[Any] = pod.get("containers") or []
+    session = containers[_session_index(containers)]
+    path = spec.workspace.mount_path
+    if any(v.get("name") == names.WORKSPACE_VOLUME for v in pod.get("volumes") or []):
+        raise models.InvalidSpec(
+            f"{_TEMPLATE}.volumes: the volume name '{names.WORKSPACE_VOLUME}' is reserved for the workspace "
+            "claim when spec.workspace is set, so rename the volume and its mounts"
+        )
+    if any(m.get("mountPath") in (path, path + "/") for m in session.get("volumeMounts") or []):
+        raise models.InvalidSpec(
+            "spec.workspace.mountPath: already a volumeMount of the session container in the template; "
+            "choose another mountPath or remove that volumeMount"
+        )
+
+
 # --- the pod's parts ---------------------------------------------------------------------------------------
+
+
+def _workspace_mounts(spec: models.FleetDispatchSpec) -> list[dict[str, Any]]:
+    if spec.workspace is None:
+        return []
+    return [{"name": names.WORKSPACE_VOLUME, "mountPath": spec.workspace.mount_path}]
+
+
+def _workspace_volumes(ref: DispatchRef, spec: models.FleetDispatchSpec) -> list[dict[str, Any]]:
+    """The dispatch's claim (`<dispatch>-workspace`, created by the operator before the first attempt)."""
+    if spec.workspace is None:
+        return []
+    claim = ref.name + names.WORKSPACE_SUFFIX
+    return [{"name": names.WORKSPACE_VOLUME, "persistentVolumeClaim": {"claimName": claim}}]
 
 
 def _default(mapping: dict[str, Any], key: str, value: Any) -> None:

@@ -22,7 +22,8 @@
   have all exited the sidecars are stopped (TERM, KILL after ``terminationGracePeriodSeconds``), last.
 * **Volumes**: ``emptyDir``, ``secret``, ``configMap``, ``downwardAPI``, ``projected`` (service account
   tokens from the TokenRequest API, bound to the pod; ConfigMaps; Secrets; the downward API), ``hostPath``
-  and ``persistentVolumeClaim`` (a folder per claim under the work folder, kept after the pod).
+  and ``persistentVolumeClaim`` (the claim's bound PersistentVolume's ``hostPath`` or ``local`` folder, as
+  the dev cluster's provisioner in :mod:`.storage` makes them; the pod waits while the claim is unbound).
 * **Status as the kubelet writes it**, through ``pods/status``: phase, conditions (PodScheduled,
   Initialized, ContainersReady, Ready), per-container states with exit code (128 + N for signal N),
   reason (``Completed``, ``Error``, ``StartError``, ``ContainerStatusUnknown``) and the termination
@@ -1136,10 +1137,7 @@ class _Pod:
                 local.mkdir(parents=True, exist_ok=True)
                 local.chmod(0o777)  # as the kubelet makes it: any container user may write
             elif "persistentVolumeClaim" in volume:
-                claim = volume["persistentVolumeClaim"]["claimName"]
-                local = self.agent.workdir / "claims" / self.key[0] / claim
-                local.mkdir(parents=True, exist_ok=True)
-                local.chmod(0o777)
+                local = await self._claimed(name, volume["persistentVolumeClaim"]["claimName"])
             elif "hostPath" in volume:
                 local = Path(volume["hostPath"]["path"])
             elif "secret" in volume or "configMap" in volume:
@@ -1154,6 +1152,29 @@ class _Pod:
                 self.volumes[name] = None
                 continue
             self.volumes[name] = local
+
+    async def _claimed(self, name: str, claim_name: str) -> Path:
+        """The folder of a ``persistentVolumeClaim`` volume: the claim's bound volume's ``hostPath`` (or
+        ``local``) path, as the dev cluster's provisioner (:mod:`.storage`) makes them."""
+        claim = await self.agent.lookup("persistentvolumeclaims", self.key[0], claim_name)
+        volume_name = ((claim or {}).get("spec") or {}).get("volumeName")
+        if claim is None or not volume_name or (claim.get("status") or {}).get("phase") != "Bound":
+            raise _ContainerError(
+                "ContainerCreating", f'volume "{name}": persistentvolumeclaim "{claim_name}" is not bound'
+            )
+        try:
+            bound = await self.agent.api.request("GET", names.PERSISTENT_VOLUMES.path(name=volume_name))
+        except ApiError as error:
+            raise _ContainerError(
+                "ContainerCreating", f'volume "{name}": persistentvolume "{volume_name}": {error.message}'
+            ) from error
+        source = (bound.get("spec") or {}).get("hostPath") or (bound.get("spec") or {}).get("local") or {}
+        if not source.get("path") or not Path(source["path"]).is_dir():
+            raise _ContainerError(
+                "ContainerCreating",
+                f'volume "{name}": persistentvolume "{volume_name}" has no hostPath or local folder here',
+            )
+        return Path(source["path"])
 
     async def _materialise(self, name: str, volume: Object, local: Path) -> None:
         is_secret = "secret" in volume

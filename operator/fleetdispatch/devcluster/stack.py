@@ -3,13 +3,15 @@
 :class:`DevCluster` is what ``fleetdispatch dev`` runs and what the test fixtures start: the
 :class:`~.controlplane.ControlPlane` (etcd, kube-apiserver, kube-controller-manager, kube-scheduler on
 loopback), the :class:`~.nodeagent.NodeAgent` (``local`` pods in namespaces, ``instant`` pods for the
-benches, or ``none``), fleet-dispatch's CRDs applied and established, and the operator's identity: the
-chart's ServiceAccount and exactly the chart's RBAC (``helm template`` of ``charts/fleet-dispatch`` with
-``watch.allNamespaces``), with a token for it in ``operator.kubeconfig``, and the supervisors' heartbeat
-identity (the chart's ServiceAccount, Role and RoleBinding of ``heartbeat.yaml``) in the ``default``
-namespace (:func:`heartbeat_identity` renders it for others; :func:`serve` gives it to every namespace as
-it appears). The operator itself is a separate process (``fleetdispatch operator``), started by
-:func:`serve` (with the heartbeat on, as the chart's default) or by the tests.
+benches, or ``none``) or, for ``containers``, a real kubelet with containerd
+(:class:`~.kubelet.ContainersNode`), the default StorageClass ``fleet-local`` and its provisioner
+(:mod:`.storage`, as cluster admin), fleet-dispatch's CRDs applied and established, and the operator's
+identity: the chart's ServiceAccount and exactly the chart's RBAC (``helm template`` of
+``charts/fleet-dispatch`` with ``watch.allNamespaces``), with a token for it in ``operator.kubeconfig``, and
+the supervisors' heartbeat identity (the chart's ServiceAccount, Role and RoleBinding of ``heartbeat.yaml``)
+in the ``default`` namespace (:func:`heartbeat_identity` renders it for others; :func:`serve` gives it to
+every namespace as it appears). The operator itself is a separate process (``fleetdispatch operator``),
+started by :func:`serve` (with the heartbeat on, as the chart's default) or by the tests.
 
 :class:`BackgroundCluster` runs one in a thread with its own event loop, for synchronous callers (pytest).
 """
@@ -45,10 +47,14 @@ from fleetdispatch.devcluster.controlplane import (
     kubeconfig,
     tools_folder,
 )
+from fleetdispatch.devcluster.kubelet import ContainersNode
+from fleetdispatch.devcluster.kubelet import unavailable as containers_unavailable
 from fleetdispatch.devcluster.nodeagent import IMAGE_ENTRYPOINTS, ImageEntrypoint, NodeAgent
+from fleetdispatch.devcluster.storage import STORAGE_CLASS, LocalProvisioner
 from fleetdispatch.validation import manifests
 
-RuntimeMode = Literal["local", "instant", "none"]
+# containers: a real kubelet with containerd and runc (:mod:`.kubelet`) instead of the node agent.
+RuntimeMode = Literal["local", "instant", "none", "containers"]
 OPERATOR_NAMESPACE = "fleet-system"
 OPERATOR_RELEASE = "fleet-dispatch"
 OPERATOR_ACCOUNT = "fleet-dispatch"
@@ -128,8 +134,11 @@ class DevCluster:
         self._crds = crds
         self._images = images
         self.agent: NodeAgent | None = None
+        self.node: ContainersNode | None = None
         self._agent_api: KubeApi | None = None
         self._agent_task: asyncio.Task[None] | None = None
+        self._storage_api: KubeApi | None = None
+        self._storage_task: asyncio.Task[None] | None = None
         self.operator_kubeconfig = workdir / "operator.kubeconfig"
 
     @property
@@ -148,7 +157,11 @@ class DevCluster:
         await loop.run_in_executor(None, self.plane.start)
         try:
             await loop.run_in_executor(None, self._setup)
-            if self._mode != "none":
+            self._start_storage()
+            if self._mode == "containers":
+                self.node = ContainersNode(self.plane, self.workdir / "containers")
+                await loop.run_in_executor(None, self.node.start)
+            elif self._mode != "none":
                 client, serving = self.plane.node_credentials()
                 self._agent_api = KubeApi(
                     Credentials(
@@ -182,6 +195,20 @@ class DevCluster:
             await self.stop()
             raise
 
+    def _start_storage(self) -> None:
+        """The default StorageClass's provisioner, as cluster admin, with its volumes in the node's folder."""
+        self._storage_api = KubeApi(
+            Credentials(
+                server=self.url,
+                ca_file=str(self.plane.ca),
+                certificate_file=str(self.plane.admin.certificate),
+                key_file=str(self.plane.admin.key),
+            ),
+            user_agent="fleetdispatch-dev-storage",
+        )
+        provisioner = LocalProvisioner(self._storage_api, self.workdir / "node" / "persistent-volumes")
+        self._storage_task = asyncio.create_task(provisioner.run(), name="fleetdispatch-dev-storage")
+
     def _setup(self) -> None:
         """CRDs established, and the operator's ServiceAccount with the chart's RBAC and a token."""
         if self._crds:
@@ -193,6 +220,7 @@ class DevCluster:
             [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}}]
         )
         self.plane.apply(chart_rbac())
+        self.plane.apply([STORAGE_CLASS])
         # The supervisors' heartbeat identity where `fleetdispatch dev` users create dispatches by default.
         self.plane.apply(heartbeat_identity(DEV_NAMESPACE))
         status, body = self.plane.request(
@@ -261,6 +289,13 @@ class DevCluster:
             await asyncio.gather(self._agent_task, return_exceptions=True)
         if self._agent_api is not None:
             await self._agent_api.close()
+        if self._storage_task is not None:
+            self._storage_task.cancel()
+            await asyncio.gather(self._storage_task, return_exceptions=True)
+        if self._storage_api is not None:
+            await self._storage_api.close()
+        if self.node is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.node.stop)
         await asyncio.get_running_loop().run_in_executor(None, self.plane.stop)
         if self._temporary is not None:
             self._temporary.cleanup()
@@ -273,6 +308,10 @@ class DevCluster:
             return f"{component.name} exited with {component.exited()}:\n{component.tail(1500)}"
         if self._agent_task is not None and self._agent_task.done():
             return "the node agent stopped"
+        if self.node is not None and (died := self.node.failed()) is not None:
+            return died
+        if self._storage_task is not None and self._storage_task.done():
+            return "the dev storage provisioner stopped"
         return None
 
     async def __aenter__(self) -> DevCluster:
@@ -457,6 +496,9 @@ async def serve(
     """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    if runtime == "containers" and (problem := containers_unavailable()) is not None:
+        announce(f"fleetdispatch dev: {problem}; the local node agent runs pods instead")
+        runtime = "local"
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signal_number, stop.set)
     code = 0

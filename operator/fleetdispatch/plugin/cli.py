@@ -7,12 +7,17 @@ kubectl runs `kubectl-fleet` (this `main`) for `kubectl fleet ...`, with the res
   kubectl fleet logs NAME [-f]     the current (or last) attempt's session container log
   kubectl fleet suspend NAME       spec.suspend: true (the running attempt is stopped, none starts)
   kubectl fleet resume NAME        spec.suspend: false
+  kubectl fleet retry NAME         a Failed dispatch starts a new line of attempts (fleet.dispatch.dev/retry)
 
 with kubectl's `--kubeconfig`, `--context`, `-n/--namespace` (default: the context's namespace, else
 `default`), and `-o json|yaml` for status and list. A dispatch that does not exist, credentials that do not
 work or an API server that cannot be reached: one line on standard error, exit 1; a usage error exits 2.
 
-Deliberately not here: `kubectl fleet retry` (the operator does not honour `fleet.dispatch.dev/retry` yet).
+`retry` sets the annotation to a new value (the time, to the microsecond) on a dispatch that is Failed and
+has no retry pending, with its resourceVersion, so a dispatch that changed since it was read is not retried
+blindly; the operator starts the new attempt and records the value (status.retryHandled).
+
+Deliberately not here: waiting for the operator to act (`kubectl fleet status` shows it).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any, TextIO
 from fleetdispatch.api import names
 from fleetdispatch.plugin import view
 from fleetdispatch.plugin.kube import Client, KubeError, NotFound, load_credentials
+from fleetdispatch.session.protocol import format_micro_time
 
 PROG = "kubectl fleet"
 OUTPUTS = ("json", "yaml")
@@ -81,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
         ("resume", "resume a suspended dispatch (spec.suspend: false)"),
     ):
         command(verb, what).add_argument("name")
+    command(
+        "retry", "retry a Failed dispatch: a new line of attempts (fleet.dispatch.dev/retry)"
+    ).add_argument("name")
     return parser
 
 
@@ -174,6 +183,36 @@ class Plugin:
         verb = "suspended" if suspend else "resumed"
         self.out.write(f"fleetdispatch.{names.GROUP}/{name} {verb}\n")
 
+    def retry(self, name: str) -> None:
+        dispatch = self.dispatch(name)
+        meta, status = dispatch.get("metadata") or {}, dispatch.get("status") or {}
+        phase = status.get("phase")
+        if phase != "Failed":
+            raise KubeError(
+                f'fleetdispatch "{name}" is {phase or "not started yet"}, not Failed: only a Failed dispatch '
+                "can be retried"
+            )
+        pending = (meta.get("annotations") or {}).get(names.RETRY_ANNOTATION)
+        if pending is not None and pending != status.get("retryHandled") and len(str(pending)) <= 253:
+            raise KubeError(
+                f'fleetdispatch "{name}": a retry is already requested ({names.RETRY_ANNOTATION}={pending}) '
+                "and the operator has not handled it yet"
+            )
+        value = format_micro_time(_now())
+        patch = {
+            "metadata": {
+                # The dispatch as checked above: a changed one is refused (409), not retried blindly.
+                "resourceVersion": meta.get("resourceVersion"),
+                "annotations": {names.RETRY_ANNOTATION: value},
+            }
+        }
+        self.client.patch(names.FLEET_DISPATCHES.path(self.namespace, name), patch)
+        attempt = int(status.get("attempt") or 0) + 1
+        self.out.write(
+            f"fleetdispatch.{names.GROUP}/{name} retried ({names.RETRY_ANNOTATION}={value}): "
+            f"attempt {attempt} starts a new line of attempts\n"
+        )
+
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
@@ -187,6 +226,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             plugin.list(args.all_namespaces, args.sort_by, args.output)
         elif args.command == "logs":
             plugin.logs(args.name, args.follow)
+        elif args.command == "retry":
+            plugin.retry(args.name)
         else:
             plugin.suspend(args.name, args.command == "suspend")
     except KubeError as error:

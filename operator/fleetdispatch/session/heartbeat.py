@@ -2,8 +2,9 @@
 
 It tells the operator that the supervisor is alive and what it currently enforces: the Lease's annotations
 carry the supervisor's report (`protocol.report`: the effective deadline, the last activity and its reason,
-and the last output), which the operator watches (by the dispatch label) and mirrors into the dispatch's
-status while the attempt runs (`core.live`); a Lease no longer renewed for three periods ends the attempt as
+and the last output) and the session's usage so far (`session.usage`), which the operator watches (by the
+dispatch label) and mirrors into the dispatch's status while the attempt runs (`core.live`; the usage is held
+against the dispatch's budget, not mirrored); a Lease no longer renewed for three periods ends the attempt as
 `SupervisorLost`. The operator trusts only the Lease this module writes: named after the pod and held by it
 (`holderIdentity`), owned by the pod (an owner reference to its uid, which also has the garbage collector
 delete it with the pod) and labelled with the dispatch and the attempt, all of which every write repeats.
@@ -57,6 +58,8 @@ ANNOTATIONS = {
     protocol.REPORT_ACTIVITY_REASON: "activity-reason",
     protocol.REPORT_LAST_OUTPUT: "last-output",
 }
+# The session's usage so far (`session.usage`, compact JSON), for the operator's budget.
+USAGE_ANNOTATION = "usage"
 REQUEST_TIMEOUT_SECONDS = 5.0
 
 Log = Callable[..., None]
@@ -84,12 +87,16 @@ class LeaseStatus:
     last_activity: float | None = None
     activity_reason: str | None = None
     last_output: float | None = None
+    usage: str | None = None  # `session.usage.encode` of the session's usage.json
 
     def annotations(self) -> dict[str, str]:
         report = protocol.report(
             self.deadline, None, self.last_activity, self.activity_reason, self.last_output
         )
-        return {ANNOTATION_PREFIX + ANNOTATIONS[field]: value for field, value in report.items()}
+        annotations = {ANNOTATION_PREFIX + ANNOTATIONS[field]: value for field, value in report.items()}
+        if self.usage is not None:
+            annotations[ANNOTATION_PREFIX + USAGE_ANNOTATION] = self.usage
+        return annotations
 
 
 class Heartbeat:

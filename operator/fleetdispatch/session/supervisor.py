@@ -26,7 +26,9 @@ supervisor and removes the file gets no new cap. The deadline file is the sessio
 can only shorten its own budget, never pass the cap.
 
 State files are read through `protocol`'s guarded readers (no FIFO, symlink or file over 64 KiB is read);
-what they ignore is logged as a warning.
+what they ignore is logged as a warning. The session's `usage.json` (`usage`) is read for each heartbeat
+(the Lease's `usage` annotation) and once more for the report (its `usage` object), so the operator can
+account for the attempt and hold it to the dispatch's budget.
 
 It is marked non-dumpable at start (`nondumpable`: `fleetdispatch supervise` does it before any other
 import), so the session, which runs as the same UID, cannot read its memory, environment or heartbeat token
@@ -77,6 +79,7 @@ from fleetdispatch.session.deadline import (
 from fleetdispatch.session.heartbeat import Heartbeat, LeaseStatus
 from fleetdispatch.session.nondumpable import set_non_dumpable
 from fleetdispatch.session.probes import YOUNG_SECONDS, SessionProbe
+from fleetdispatch.session.usage import REPORT_USAGE, UsageReader, encode
 
 # While waiting for stopped processes to exit, look this often (or each poll, when polls are shorter).
 EXIT_POLL_SECONDS = 0.2
@@ -141,6 +144,8 @@ class Supervisor:
         # The default sleep wakes up early on terminate(), so SIGTERM is honoured at once.
         self._sleep = sleep or self._terminated.wait
         self._clock = WallClock(0.0)
+        # The session's `usage.json`, read for each heartbeat and for the report (`usage`).
+        self._usage = UsageReader(self._state_dir, self._warn)
 
     def _warn(self, message: str) -> None:
         self._log("warning", message=message)
@@ -181,6 +186,7 @@ class Supervisor:
                 last_activity=None if state.last_activity is None else self._clock.epoch(state.last_activity),
                 activity_reason=state.activity_reason,
                 last_output=None if state.last_output is None else self._clock.epoch(state.last_output),
+                usage=None if (usage := self._usage.read()) is None else encode(usage),
             )
         )
 
@@ -290,10 +296,19 @@ class Supervisor:
             token = self._resume_token()
             if token is not None:
                 report[RESUME_TOKEN_FIELD] = token
+        usage = self._usage.read()
+        if usage is not None:
+            report[REPORT_USAGE] = usage
+        text = json.dumps({k: v for k, v in report.items() if v is not None}) + "\n"
+        if len(text.encode()) > protocol.MAX_OUTCOME_BYTES and usage is not None:
+            # Never the case within the protocol's bounds; a cut report would be no JSON at all.
+            self._warn("the report leaves out the usage: with it, it would exceed the termination message")
+            report.pop(REPORT_USAGE)
+            text = json.dumps({k: v for k, v in report.items() if v is not None}) + "\n"
         try:
             # In place, not by rename: the kubelet bind-mounts this one file into the container.
             with open(self._config.report_file, "w", encoding="utf-8") as file:
-                file.write(json.dumps({k: v for k, v in report.items() if v is not None}) + "\n")
+                file.write(text)
         except OSError as error:
             self._log("error", error=f"cannot write the report: {error}")
 
