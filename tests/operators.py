@@ -136,12 +136,20 @@ class Namespace:
     """
 
     def __init__(
-        self, cluster: BackgroundCluster, name: str, runtime: str = "local", pod_security: str = "restricted"
+        self,
+        cluster: BackgroundCluster,
+        name: str,
+        runtime: str = "local",
+        pod_security: str = "restricted",
+        *,
+        existing: bool = False,
     ) -> None:
+        """`existing`: a namespace created otherwise (by a README's commands), taken as it is."""
         self.cluster, self.name, self.runtime = cluster, name, runtime
         self.kube = Kube(cluster.dev)
         labels = {f"pod-security.kubernetes.io/{mode}": pod_security for mode in ("enforce", "warn")}
-        self.kube.create("/api/v1/namespaces", {"metadata": {"name": name, "labels": labels}})
+        if not existing:
+            self.kube.create("/api/v1/namespaces", {"metadata": {"name": name, "labels": labels}})
         # Pods are refused until the namespace's default ServiceAccount exists (the ServiceAccount admission).
         eventually(self._account, 30, f"the default ServiceAccount of {name}")
         self._audit_offset = 0

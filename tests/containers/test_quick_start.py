@@ -9,9 +9,8 @@ requeue (quota), each session in the examples' own image (`busybox:1.36`, built 
 busybox-static) and each supervisor in the operator's image.
 
 The dev cluster starts without its CRDs and without `fleetdispatch operator`'s identity in `fleet-system`
-(deleted here), as a fresh cluster would be, so that the release installs both itself. The README does not
-create the watched namespace `team-a`; a user has it, so this test creates it (enforcing Pod Security
-`restricted`). Skipped, with the one line
+(deleted here), as a fresh cluster would be, so that the release installs both itself. The README's commands
+create the watched namespace `team-a` too, enforcing Pod Security `restricted`. Skipped, with the one line
 `fleetdispatch dev` prints, where this machine cannot run the containers runtime.
 """
 
@@ -146,11 +145,13 @@ def test_a_pod_runs_in_containers_with_a_pause_process(cluster: BackgroundCluste
 def test_the_readme_helm_quick_start_runs_verbatim(cluster: BackgroundCluster, tmp_path: Path) -> None:
     kubeconfig = cluster.write_kubeconfig(tmp_path / "kubeconfig")
     kubectl = Kubectl(kubeconfig)
-    ns = Namespace(cluster, "team-a")  # enforcing Pod Security `restricted`: the chart's pods pass it
     block = quick_start_block()
     assert README_INSTALL in block, block
     script = block.replace(README_INSTALL, f"{README_INSTALL} --set image.repository={IMAGE_REPOSITORY}", 1)
     bash(script, kubeconfig, tmp_path / "helm")
+    ns = Namespace(cluster, "team-a", existing=True)  # the README made it, enforcing PSS restricted
+    labels = ns.kube.get("/api/v1/namespaces/team-a")["metadata"].get("labels") or {}
+    assert labels.get("pod-security.kubernetes.io/enforce") == "restricted", labels
 
     kube = Kube(cluster.dev)
     project_id, session_id = image_id("fleet-dispatch"), image_id("session")
