@@ -98,6 +98,17 @@ class DispatchRef:
     namespace: str
     uid: str
 
+    def owner_reference(self) -> dict[str, Any]:
+        """The controller owner reference to the dispatch (its pods, its Delete-policy workspace claim)."""
+        return {
+            "apiVersion": names.API_VERSION,
+            "kind": "FleetDispatch",
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
 
 @dataclasses.dataclass(frozen=True)
 class AttemptRequest:
@@ -228,16 +239,7 @@ def build_pod(  # noqa: PLR0917 - one argument per input of the pure function, a
                 DEFAULT_CONTAINER_ANNOTATION: session["name"],
                 **(metadata.get("annotations") or {}),
             },
-            "ownerReferences": [
-                {
-                    "apiVersion": names.API_VERSION,
-                    "kind": "FleetDispatch",
-                    "name": ref.name,
-                    "uid": ref.uid,
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "ownerReferences": [ref.owner_reference()],
         },
         "spec": pod_spec,
     }

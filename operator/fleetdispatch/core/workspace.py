@@ -39,16 +39,7 @@ def build_claim(ref: DispatchRef, workspace: models.Workspace) -> dict[str, Any]
     if template.metadata.annotations:
         metadata["annotations"] = dict(template.metadata.annotations)
     if workspace.reclaim_policy == "Delete":
-        metadata["ownerReferences"] = [
-            {
-                "apiVersion": names.API_VERSION,
-                "kind": "FleetDispatch",
-                "name": ref.name,
-                "uid": ref.uid,
-                "controller": True,
-                "blockOwnerDeletion": True,
-            }
-        ]
+        metadata["ownerReferences"] = [ref.owner_reference()]
     spec = template.spec.model_dump(by_alias=True, exclude_none=True, mode="json", warnings=False)
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": metadata, "spec": spec}
 
