@@ -1364,3 +1364,16 @@ TestCluster.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+def test_a_creation_time_without_a_utc_form_does_not_stop_the_running_transition() -> None:
+    # Year 9999 at -14:00 is year 10000 in UTC (found by test_status_admissible's hypothesis search).
+    flow = Flow(spec_of())
+    flow.step(T0)
+    pod = active(1, T0)
+    pod["metadata"]["creationTimestamp"] = "9999-12-31T23:00:00-14:00"
+    d = flow.step(T0 + s(10), pod)
+    assert d.status.phase == "Running"
+    assert d.events == (
+        Event("Normal", "Started", "attempt 1 running in pod job-1, created 9999-12-31T23:00:00-14:00"),
+    )

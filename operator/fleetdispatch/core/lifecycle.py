@@ -478,7 +478,7 @@ class _Reconcile:
             # The attempt's one Event before its end: its pod's creation is told here, not as an Event of
             # its own (one API write fewer per attempt; an attempt over before it was seen running tells
             # it in its end's Event, and the status and the pod itself say it meanwhile).
-            created = f", created {format_time(pod.created_at)}" if pod.created_at is not None else ""
+            created = f", created {_when(pod.created_at)}" if pod.created_at is not None else ""
             self.event("Normal", STARTED, f"attempt {s.attempt} running in pod {pod.name}{created}")
             supervised = started or pod.session_started_at
             if s.start_time is None:
@@ -897,6 +897,15 @@ def bound(status: FleetDispatchStatus) -> None:
             record.outcome = record.outcome[:MAX_REASON]
         if record.message is not None:
             record.message = record.message[:MAX_RECORD_MESSAGE]
+
+
+def _when(moment: datetime) -> str:
+    """`moment` as Kubernetes writes it, or as it came when it has no UTC form (a pod's creationTimestamp
+    of year 9999 at -14:00 is year 10000 in UTC): an Event's message never stops a reconcile."""
+    try:
+        return format_time(moment)
+    except (ValueError, OverflowError, OSError):
+        return moment.isoformat()
 
 
 def condition_reason(reason: str, phase: Phase) -> str:
