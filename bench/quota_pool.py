@@ -121,6 +121,8 @@ async def measure(cluster: BackgroundCluster, operator: Operator, size: int, ahe
                 second[f"{name}-2"] + shift - at for name, at in requeue_at.items() if f"{name}-2" in second
             )
             all_requeued = max(requeued.values()) + shift - reset_at if requeued else float("nan")
+            spread = max(requeue_at.values(), default=float("nan")) - reset_at
+            resumed = max((second[pod] for pod in started), default=float("nan")) + shift - reset_at
     finally:
         await api.close()
     events = requests_of(cluster, OPERATOR_USER, offset)
@@ -129,6 +131,8 @@ async def measure(cluster: BackgroundCluster, operator: Operator, size: int, ahe
     print(f"pool of {size} dispatches, all QuotaExhausted with one reset {ahead} s ahead")
     print(f"  pod statuses written by this script in {exhausted_in:5.1f} s")
     print(f"  last dispatch Requeued               {all_requeued:+6.1f} s from the reset")
+    print(f"  last requeueAt                        {spread:+6.1f} s from the reset (paced)")
+    print(f"  last next attempt's pod               {resumed:+6.1f} s from the reset")
     print(f"  operator writes, whole phase          {len(ours):>7}   {len(ours) / size:6.2f} per dispatch")
     share = len(pool_writes) / size
     print(f"  of which QuotaPool status patches     {len(pool_writes):>7}   {share:6.2f} per dispatch")

@@ -3,8 +3,9 @@
 The real operator with the Lease heartbeat on (as the chart installs it: `--heartbeat-service-account`, the
 chart's `templates/heartbeat.yaml` identity in the test's namespace), real sessions on the node agent's
 `local` runtime with the real supervisor beside them, renewing its Lease through the real API server. The
-heartbeat period is 1 s and the live status interval 2 s here, so each scenario takes seconds; the
-defaults (15 s, 15 s) only scale the times.
+heartbeat period is 1 s, the live status interval 2 s and the clock tolerance 1 s here (the node and the
+operator share one clock), so each scenario takes seconds; the defaults (15 s, 15 s, 5 s) only scale the
+times.
 
 - A busy session whose deadline the supervisor extends shows the new `status.deadline` (and `kubectl get
   fd`'s DEADLINE) and `lastActivityTime` while it still runs, and the operator's live writes keep to the
@@ -47,7 +48,8 @@ from waiting import eventually
 
 PERIOD = 1
 INTERVAL = 2
-LOST_WITHIN = live.LOST_PERIODS * PERIOD + live.CLOCK_TOLERANCE_SECONDS
+TOLERANCE = 1
+LOST_WITHIN = live.LOST_PERIODS * PERIOD + TOLERANCE
 FAST_RETRY = {"maxAttempts": 2, "backoff": {"baseSeconds": 1, "maxSeconds": 1, "jitterPercent": 0}}
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
 
@@ -58,6 +60,7 @@ def operator_args() -> tuple[str, ...]:
         f"--heartbeat-service-account={HEARTBEAT_ACCOUNT}",
         f"--heartbeat-seconds={PERIOD}",
         f"--live-status-interval-seconds={INTERVAL}",
+        f"--clock-tolerance-seconds={TOLERANCE}",
     )
 
 
@@ -190,6 +193,7 @@ def test_a_killed_supervisor_ends_the_attempt_as_supervisor_lost(beating: Namesp
     record = status["attempts"][0]
     assert (record["outcome"], record["failureClass"]) == ("SupervisorLost", "Infrastructure"), record
     assert "Lease orphan-1 was last renewed" in record["message"]
+    assert f"plus {TOLERANCE:g} s for clock skew" in record["message"]  # the operator's setting
     assert took >= (live.LOST_PERIODS - 1) * PERIOD, took  # not before the Lease went stale
     # An infrastructure failure: the next attempt runs without spending maxAttempts.
     final = ns.wait_phase("orphan", "Succeeded", 40)

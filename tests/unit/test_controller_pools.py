@@ -242,3 +242,27 @@ def test_no_write_for_a_pool_that_does_not_exist_and_a_refused_write_is_not_rais
     missing, refused = asyncio.run(scenario())
     assert missing.requests == []
     assert len(refused.requests) == 1
+
+
+def test_a_second_decided_but_not_yet_stored_is_held_until_the_cache_shows_it() -> None:
+    """The pacing of resumptions: members decided while another's status is being written see the second
+    it took; once the cache holds that status the cache alone says what it holds."""
+    book = Book(quota.Pool("gpu"))
+    book.add("a", phase="Running", podName="a-1")
+    book.add("b", phase="Running", podName="b-1")
+    ahead, sooner = NOW + timedelta(seconds=30), NOW + timedelta(seconds=20)
+
+    def held() -> dict[datetime, int]:
+        return dict(quota.gate(book.pool, "gpu", book.book.members(POOL, NOW), "b", NOW).resumes)
+
+    book.book.planned(("team", "a"), "Requeued", ahead)
+    assert held() == {ahead: 1}
+    other = {"phase": "Requeued", "requeueAt": format_time(sooner)}
+    book.book.written(("team", "a"), other)  # not what was decided: still being written
+    assert held() == {ahead: 1}
+    book.add("a", phase="Requeued", podName="a-1", requeueAt=format_time(ahead))
+    book.book.written(("team", "a"), {"phase": "Requeued", "requeueAt": format_time(ahead)})
+    book.add("a", phase="Requeued", podName="a-1", requeueAt=format_time(sooner))  # changed since
+    assert held() == {sooner: 1}  # the plan was done: the cache says
+    book.book.planned(("team", "a"), "Pending", None)  # its next decision starts the attempt
+    assert held() == {}

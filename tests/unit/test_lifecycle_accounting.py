@@ -353,13 +353,15 @@ def test_a_kill_between_the_status_write_and_the_create_creates_exactly_the_name
         cluster.faults[:] = ["kill-after"]  # the status naming attempt 2 is stored; the operator dies
         await operator.reconcile()
         assert (cluster.dispatch["status"]["podName"], cluster.created) == ("job-2", ["job-1"])
-        # After the restart: the status write, job-1 deleted (its end is recorded), then the create
-        # commits and its answer is lost.
-        cluster.faults[:] = ["ok", "ok", "fail-after"]
+        # After the restart: the status write, then the create commits and its answer is lost (job-1,
+        # whose end is recorded, is deleted after the create: not this time).
+        cluster.faults[:] = ["ok", "fail-after"]
         await operator.reconcile()
         assert cluster.created == ["job-1", "job-2"]
-        await operator.reconcile()  # the create again: AlreadyExists, adopted; nothing else
+        assert "deletionTimestamp" not in cluster.pods["job-1"]["metadata"]
+        await operator.reconcile()  # the create again: AlreadyExists, adopted; job-1 deleted; nothing else
         assert cluster.created == ["job-1", "job-2"]
+        assert "deletionTimestamp" in cluster.pods["job-1"]["metadata"]
         assert [r["attempt"] for r in cluster.dispatch["status"]["attempts"]] == [1]
         assert cluster.dispatch["status"]["attempt"] == 2
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fleetdispatch.api.models import FleetDispatchStatus, parse_spec
 from fleetdispatch.core import lifecycle, quota
@@ -109,3 +113,80 @@ def test_a_quota_stop_in_a_pool_reports_the_reset_for_the_pool() -> None:
     d = lifecycle.reconcile(_dispatch(gate, started.status), [observe(pod)], NOW + timedelta(seconds=10))
     assert d.status.phase == "Requeued"
     assert d.pool_exhausted_until == reset
+
+
+# --- pacing: resumesPerSecond ------------------------------------------------------------------------------
+
+SECONDS = st.integers(min_value=0, max_value=20).map(lambda n: NOW + timedelta(seconds=n))
+
+
+@given(
+    held=st.dictionaries(SECONDS, st.integers(min_value=0, max_value=5), max_size=20),
+    rate=st.integers(min_value=1, max_value=5),
+    earliest=st.integers(min_value=0, max_value=20_000_000).map(lambda us: NOW + timedelta(microseconds=us)),
+)
+def test_resume_at_is_the_first_second_from_the_earliest_with_room(
+    held: dict[datetime, int], rate: int, earliest: datetime
+) -> None:
+    gate = quota.Gate("p", resumes_per_second=rate, resumes=held)
+    at = quota.resume_at(gate, earliest)
+    assert at >= earliest and at.microsecond == 0 and at - earliest < timedelta(seconds=22)
+    assert held.get(at, 0) < rate
+    second = at - timedelta(seconds=1)
+    while second >= earliest:  # every whole second before it, from the earliest on, is full
+        assert held.get(second, 0) >= rate
+        second -= timedelta(seconds=1)
+
+
+def test_resume_at_year_9999_full_is_the_last_second() -> None:
+    last = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+    assert quota.resume_at(quota.Gate("p", resumes_per_second=1, resumes={last: 1}), last) == last
+
+
+def test_the_gate_counts_the_seconds_other_members_hold_still_ahead() -> None:
+    ahead, past = NOW + timedelta(seconds=3), NOW - timedelta(seconds=3)
+    members = [
+        quota.Member("a", "1", False, False, True, ahead),
+        quota.Member("b", "2", False, False, True, ahead),
+        quota.Member("me", "3", False, False, True, ahead),  # its own second is free for it
+        quota.Member("c", "4", False, True, True, past),  # due: holds nothing ahead
+        quota.Member("d", "5", False, True),
+    ]
+    pool = quota.Pool("p", resumes_per_second=7, exhausted_until=NOW + timedelta(seconds=1))
+    gate = quota.gate(pool, "p", members, "me", NOW)
+    assert (gate.resumes, gate.resumes_per_second) == ({ahead: 2}, 7)
+    assert quota.gate(quota.Pool("p", max_concurrent=9), "p", members, "me", NOW).resumes == {ahead: 2}
+
+
+def test_members_stopping_for_one_reset_are_given_paced_seconds() -> None:
+    """Five members of a pool of 2 per second stop for the same reset, each decided knowing the seconds
+    the ones before took: two per second from the reset on, whatever the order."""
+    reset = NOW + timedelta(seconds=120)
+    pod = observe(exited(1, 75, outcome("QuotaExhausted", resetAt=reset.strftime("%Y-%m-%dT%H:%M:%SZ"))))
+    pool = quota.Pool("p", resumes_per_second=2)
+    members: list[quota.Member] = []
+    seconds = []
+    for n in range(5):
+        name = f"job{n}"
+        running = lifecycle.reconcile(_dispatch(quota.Gate("p")), [], NOW).status
+        gate = quota.gate(pool, "p", members, name, NOW + timedelta(seconds=10))
+        d = lifecycle.reconcile(
+            dataclasses.replace(_dispatch(gate, running), name=name), [pod], NOW + timedelta(seconds=10)
+        )
+        assert d.status.phase == "Requeued" and d.status.requeue_at is not None
+        assert d.status.message.endswith(f"next attempt at {d.status.requeue_at.isoformat()}")
+        seconds.append(d.status.requeue_at)
+        members.append(quota.Member(name, str(n), False, False, True, d.status.requeue_at))
+    assert [(s - reset).total_seconds() for s in seconds] == [0, 0, 1, 1, 2]
+
+
+def test_members_held_by_an_exhausted_pool_are_given_paced_seconds() -> None:
+    until = NOW + timedelta(seconds=60)
+    pool = quota.Pool("p", exhausted_until=until, resumes_per_second=1)
+    members: list[quota.Member] = []
+    for n in range(3):
+        gate = quota.gate(pool, "p", members, f"job{n}", NOW)
+        d = lifecycle.reconcile(dataclasses.replace(_dispatch(gate), name=f"job{n}"), [], NOW)
+        assert (d.status.phase, d.status.reason) == ("Requeued", "QuotaPoolExhausted")
+        assert d.status.requeue_at == until + timedelta(seconds=n) and d.wake_at == d.status.requeue_at
+        members.append(quota.Member(f"job{n}", str(n), False, False, True, d.status.requeue_at))

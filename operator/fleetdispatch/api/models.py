@@ -529,6 +529,7 @@ class FleetDispatchStatus(_Status):
 
 class QuotaPoolSpec(_Spec):
     max_concurrent: Annotated[int, Field(ge=1, le=100000)] | None = None
+    resumes_per_second: Annotated[int, Field(ge=1, le=1000)] = 20
     description: Annotated[str, StringConstraints(max_length=1024)] | None = None
 
 

@@ -72,7 +72,10 @@ class OperatorSettings(BaseModel):
     """A service account allowed to write Leases; when set, supervisors renew a Lease per pod."""
 
     heartbeat_seconds: Annotated[int, Field(ge=1, le=3600)] = 15
-    """Supervisors renew their Lease this often; one not renewed for 3 periods + 5 s is `SupervisorLost`."""
+    """Supervisors renew their Lease this often; one not renewed for 3 periods + skew is `SupervisorLost`."""
+
+    clock_tolerance_seconds: Annotated[float, Field(ge=0, le=3600)] = 5.0
+    """Allowed skew of a node's clock (Leases' `renewTime`) from the operator's, added to those 3 periods."""
 
     live_status_interval_seconds: Annotated[int, Field(ge=0, le=3600)] = 15
     """At most one live status write (deadline, last activity, last output) per dispatch per this long."""

@@ -36,18 +36,24 @@ POOL_WRITE_SECONDS = 1.0
 
 # Merge-patches a pool's status at the path given: `KubeApi.request("PATCH", ...)` in the operator.
 PatchStatus = Callable[[str, dict[str, Any]], Awaitable[Any]]
+Plan = tuple[str | None, datetime | None]  # a decided status's phase and requeueAt
 
 
-def member(name: str, cached: Cached, now: datetime) -> quota.Member:
-    """Dispatch `name` as its pool's gate sees it, from its cached status."""
+def member(name: str, cached: Cached, now: datetime, planned: Plan | None = None) -> quota.Member:
+    """Dispatch `name` as its pool's gate sees it, from its cached status; the second it holds for its next
+    attempt (`resume_at`) is the one decided for it (`planned`: phase and requeueAt) while that status is
+    being written."""
     st = cached.status
     phase, pod, until = st.get("phase"), st.get("podName"), st.get("requeueAt")
+    at = parse_time(until) if until is not None else None
     running = phase in lifecycle.IN_FLIGHT and pod is not None and st.get("reason") != "QuotaPoolFull"
-    due = until is None or (parse_time(until) or now) <= now
+    due = at is None or at <= now
     waiting = phase is None or (phase == "Pending" and not running) or (phase in lifecycle.WAITING and due)
     if cached.parsed.spec is not None and cached.parsed.spec.suspend:
         waiting = False
-    return quota.Member(name, cached.created, running, waiting, phase == "Requeued")
+    held_phase, held = planned if planned is not None else (phase, at)
+    resume_at = held if held_phase == "Requeued" else None
+    return quota.Member(name, cached.created, running, waiting, phase == "Requeued", resume_at)
 
 
 class PoolBook:
@@ -71,6 +77,7 @@ class PoolBook:
         self._exhausted: dict[Key, datetime] = {}  # resets this operator has recorded
         self._writes: dict[Key, asyncio.TimerHandle] = {}
         self._locks: dict[Key, asyncio.Lock] = {}
+        self._plans: dict[Key, Plan] = {}  # dispatch -> the phase and requeueAt decided, being written
         self._background: set[asyncio.Task[None]] = set()
 
     # --- membership ----------------------------------------------------------------------------------
@@ -86,7 +93,19 @@ class PoolBook:
     def left(self, key: Key, pool: str) -> None:
         """Dispatch `key` of `pool` was deleted: its slot, if it held one, is free."""
         self._members.get((key[0], pool), set()).discard(key[1])
+        self._plans.pop(key, None)
         self.changed((key[0], pool))
+
+    def planned(self, key: Key, phase: str | None, requeue_at: datetime | None) -> None:
+        """The status just decided for member `key`, until the cache holds it (`written`): the members
+        decided meanwhile see the `requeueAt` second it took (the pacing of resumptions)."""
+        self._plans[key] = (phase, requeue_at)
+
+    def written(self, key: Key, status: Mapping[str, Any]) -> None:
+        """The cache now holds `status` for `key`: a plan it shows is done."""
+        plan = self._plans.get(key)
+        if plan is not None and plan == (status.get("phase"), parse_time(status.get("requeueAt"))):
+            del self._plans[key]
 
     def member_names(self, pool_key: Key) -> set[str]:
         return set(self._members.get(pool_key, ()))
@@ -95,9 +114,10 @@ class PoolBook:
         """The pool's members as its gate sees them (members not in the cache are skipped)."""
         found = []
         for name in self._members.get(pool_key, ()):
-            cached = self.cache.get((pool_key[0], name))
+            key = (pool_key[0], name)
+            cached = self.cache.get(key)
             if cached is not None:
-                found.append(member(name, cached, now))
+                found.append(member(name, cached, now, self._plans.get(key)))
         return found
 
     def lock(self, pool_key: Key) -> asyncio.Lock:

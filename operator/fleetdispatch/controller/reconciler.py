@@ -245,6 +245,8 @@ class Reconciler:
         self.pools.moved(
             key, before.pool if before is not None else None, after.pool if after is not None else None
         )
+        if after is not None and after.pool is not None:
+            self.pools.written(key, after.status)
         return True
 
     # --- one reconcile -------------------------------------------------------------------------------
@@ -271,6 +273,7 @@ class Reconciler:
             status = FleetDispatchStatus()
         now = self.clock()
         pool_key = (key[0], cached.pool) if cached.pool is not None else None
+        heartbeat = await self._heartbeat(key, status, now)
         gate = None
         if pool_key is not None:
             gate = quota.gate(
@@ -287,12 +290,13 @@ class Reconciler:
             gate=gate,
             gone_pod_report=self._gone_reports.get(key),
             retry_request=cached.retry_request,
+            heartbeat=heartbeat,
         )
         pods = self.pods.of(key, cached.uid)
-        heartbeat = await self._heartbeat(key, status, now)
-        if heartbeat is not None:
-            dispatch = dataclasses.replace(dispatch, heartbeat=heartbeat)
         decision = lifecycle.reconcile(dispatch, pods, now, self.limits)
+        if pool_key is not None:
+            # From the gate to here nothing awaits: the next member decided sees the second this one took.
+            self.pools.planned(key, decision.status.phase, decision.status.requeue_at)
         # The status first, then the pods: an attempt's pod is created only once the status that names it
         # (and records the previous attempt's end) is stored, and only from a decision made on the stored
         # status: the write carries the resourceVersion decided on, even when it changes nothing.
@@ -303,8 +307,9 @@ class Reconciler:
             return
         if heartbeat is not None and any(field in patch for field in live.LIVE_FIELDS):
             self._live_written[key] = now
-        for name in decision.delete:
-            await self._delete_pod(key[0], name)
+        if decision.create is None:
+            for name in decision.delete:
+                await self._delete_pod(key[0], name)
         refusal: CreateRefused | None = None
         if decision.create is not None:
             again: lifecycle.Decision | None = decision
@@ -321,6 +326,10 @@ class Reconciler:
                     again = await self._decide_again(
                         key, dispatch, decision, pods, now, spec=None, invalid=invalid
                     )
+            # The attempt's pod first: the pods deleted with it are earlier attempts' that have ended (no
+            # attempt starts while a pod of the dispatch is live), whose clean-up can wait a request.
+            for name in decision.delete:
+                await self._delete_pod(key[0], name)
             if again is None:
                 if refusal is not None:
                     raise refusal
@@ -355,6 +364,7 @@ class Reconciler:
             period_seconds=self.settings.heartbeat_seconds,
             write_interval_seconds=self.settings.live_status_interval_seconds,
             last_write=self._live_written.get(key),
+            tolerance_seconds=self.settings.clock_tolerance_seconds,
         )
         if heartbeat.lease is not None and now >= live.lost_at(heartbeat, heartbeat.lease):
             # About to end the attempt on what the watch said: ask the API server first (a watch that
@@ -381,6 +391,8 @@ class Reconciler:
         again = lifecycle.reconcile(
             dataclasses.replace(dispatch, status=status, **changes), pods, now, self.limits
         )
+        if stored.pool is not None:
+            self.pools.planned(key, again.status.phase, again.status.requeue_at)
         patch = status_patch(stored.status, again.status)
         if patch and not await self._write_status(key, stored.resource_version, patch):
             return None

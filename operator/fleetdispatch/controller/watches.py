@@ -70,11 +70,13 @@ def observe_pod(body: Mapping[str, Any]) -> PodEntry:
 
 def observe_pool(body: Mapping[str, Any]) -> quota.Pool:
     meta, spec, status = body.get("metadata") or {}, body.get("spec") or {}, body.get("status") or {}
-    maximum = spec.get("maxConcurrent")
+    maximum, rate = spec.get("maxConcurrent"), spec.get("resumesPerSecond")
     return quota.Pool(
         name=str(meta.get("name")),
         max_concurrent=maximum if isinstance(maximum, int) else None,
         exhausted_until=parse_time(status.get("exhaustedUntil")),
+        # The schema defaults and bounds it; a pool stored before the field existed has none.
+        resumes_per_second=rate if isinstance(rate, int) and rate >= 1 else quota.RESUMES_PER_SECOND,
     )
 
 

@@ -64,7 +64,8 @@ A dispatch in a QuotaPool gets a `quota.Gate` with its inputs: while the pool is
 waits `Requeued` (reason `QuotaPoolExhausted`) until the pool's reset, and while the pool's `maxConcurrent`
 slots are taken it waits `Pending` (reason `QuotaPoolFull`); its own quota stop reports the reset for the pool
 (`Decision.pool_exhausted_until`). A reset further away than `Limits.max_quota_wait_seconds` is waited for
-that long only.
+that long only. The `requeueAt` of a pool's member is paced (`quota.resume_at`): the first second from its
+reset plus jitter that fewer than the pool's `resumesPerSecond` other members hold.
 
 Events: one per transition the operator decides (a pod created, a retry, a requeue, a suspension, the end).
 Pending to Running is mirrored from the pod and has none, because the kubelet's own `Started` event on the
@@ -110,7 +111,7 @@ from typing import Literal
 
 from fleetdispatch.api.models import AttemptRecord, FleetDispatchSpec, FleetDispatchStatus, Phase, Usage
 from fleetdispatch.api.names import RETRY_ANNOTATION
-from fleetdispatch.core import backoff, classify, conditions, live, usage
+from fleetdispatch.core import backoff, classify, conditions, live, quota, usage
 from fleetdispatch.core.classify import Outcome
 from fleetdispatch.core.podspec import AttemptRequest, pod_name
 from fleetdispatch.core.podstatus import PodView
@@ -636,6 +637,9 @@ class _Reconcile:
                     longest = self.now + timedelta(seconds=self.limits.max_quota_wait_seconds)
                     base = min(max(reset, self.now), longest)
                     until = base + timedelta(seconds=backoff.requeue_jitter(retry.backoff, seed))
+                    gate = self.dispatch.gate
+                    if gate is not None and not gate.missing:
+                        until = quota.resume_at(gate, until)  # paced: the pool's members share the reset
                     when = f"the quota resets at {reset.isoformat()}"
                     if reset > longest:
                         # A reset that far away is more often a misread than a real quota: look again then.
@@ -643,7 +647,6 @@ class _Reconcile:
                             f", more than the operator's longest quota wait "
                             f"({self.limits.max_quota_wait_seconds} s) away"
                         )
-                    gate = self.dispatch.gate
                     if gate is not None and not gate.missing:
                         self.pool_exhausted_until = base
                 else:
@@ -812,13 +815,14 @@ class _Reconcile:
         s = self.status
         if gate.exhausted_until is not None:
             seed = f"{self.dispatch.uid}/{s.attempt}/pool"
-            until = later(gate.exhausted_until, backoff.requeue_jitter(self.spec.retry.backoff, seed))
-            if (s.phase, s.reason, s.requeue_at) != ("Requeued", QUOTA_POOL_EXHAUSTED, until):
-                message = (
-                    f"quota pool {gate.pool!r} is exhausted until {gate.exhausted_until.isoformat()}; "
-                    f"next attempt at {until.isoformat()}"
-                )
-                self.wait_until("Requeued", until, QUOTA_POOL_EXHAUSTED, message)
+            earliest = later(gate.exhausted_until, backoff.requeue_jitter(self.spec.retry.backoff, seed))
+            # Reached only once any requeueAt of its own has passed (`start_next`): a new second, paced.
+            until = quota.resume_at(gate, earliest)
+            message = (
+                f"quota pool {gate.pool!r} is exhausted until {gate.exhausted_until.isoformat()}; "
+                f"next attempt at {until.isoformat()}"
+            )
+            self.wait_until("Requeued", until, QUOTA_POOL_EXHAUSTED, message)
             self.wakes.append(until)
             return False
         if gate.full:

@@ -14,11 +14,12 @@ and the session's usage so far as annotations. This module is the operator's pur
 - **The live figures** (`changes`): the status fields that differ from the Lease's, to mirror while the
   attempt runs; a write of them is due at most once per `write_interval_seconds` (`write_at`).
 - **A lost supervisor** (`lost_at`): the Lease not renewed for `LOST_PERIODS` heartbeat periods. The Lease's
-  `renewTime` is the node's clock, read against the operator's, so `CLOCK_TOLERANCE_SECONDS` is added for
-  their skew; and the time counts only from when the operator could see: from the Lease's renewal, never
-  from before the Lease first appeared (a supervisor still starting has none, and is never lost), and not
-  within `LOST_PERIODS` periods of the operator's view of Leases (re)starting (`visible_since`: a restart,
-  a broken watch or an API outage, during which the supervisors may have renewed unseen or been unable to).
+  `renewTime` is the node's clock, read against the operator's, so `Live.tolerance_seconds` (the operator's
+  `clock_tolerance_seconds` setting) is added for their skew; and the time counts only from when the
+  operator could see: from the Lease's renewal, never from before the Lease first appeared (a supervisor
+  still starting has none, and is never lost), and not within `LOST_PERIODS` periods of the operator's view
+  of Leases (re)starting (`visible_since`: a restart, a broken watch or an API outage, during which the
+  supervisors may have renewed unseen or been unable to).
 
 Deliberately not here: watching Leases and reading them again before acting (`controller.leases`, the
 reconciler), the lifecycle's use of the verdict (`lifecycle`), and any clock or I/O.
@@ -34,6 +35,7 @@ from typing import Any
 
 from fleetdispatch.api.models import Usage
 from fleetdispatch.api.names import ATTEMPT_LABEL, DISPATCH_LABEL
+from fleetdispatch.api.settings import OperatorSettings
 from fleetdispatch.core import usage
 from fleetdispatch.core.podstatus import PodView
 from fleetdispatch.session import heartbeat, protocol
@@ -42,8 +44,9 @@ from fleetdispatch.session.protocol import parse_time
 # A Lease not renewed for this many heartbeat periods means its supervisor is lost (`leaseDurationSeconds`
 # is as many periods, so one or two lost requests never look like it).
 LOST_PERIODS = 3
-# The skew allowed between a node's clock (the Lease's renewTime) and the operator's.
-CLOCK_TOLERANCE_SECONDS = 5.0
+# The skew allowed between a node's clock (the Lease's renewTime) and the operator's, by default (the
+# operator's setting; one definition of it).
+CLOCK_TOLERANCE_SECONDS: float = OperatorSettings.model_fields["clock_tolerance_seconds"].default
 # The status fields the Lease carries (their aliases), each with the FleetDispatchStatus attribute.
 LIVE_FIELDS: Mapping[str, str] = {
     protocol.REPORT_DEADLINE: "deadline",

@@ -10,8 +10,14 @@ Two rules, as pure functions over plain data:
 - **`maxConcurrent` bounds running sessions**, admitted in creation order (then name), so the oldest
   dispatch waiting for a slot gets the next one. A dispatch holds a slot from the moment its attempt's pod
   is created until the attempt ends. The others wait `Pending` (reason `QuotaPoolFull`).
+- **Resumptions are paced** (`resumesPerSecond`): a member waiting for a reset is given a `requeueAt` second
+  that fewer than that many other members hold (`resume_at`), the earliest at or after its own, so the
+  members do not all start in the second the quota resets, hitting the upstream API and the Kubernetes API
+  at once, and each one's `requeueAt` says when its next attempt starts (within the operator's create
+  rate). A member keeps the second it was given.
 
-`gate(pool, members, me, now)` says whether `me` may start an attempt now; `counts(members)` is the pool's
+`gate(pool, members, me, now)` says whether `me` may start an attempt now, and carries the seconds the other
+members hold; `counts(members)` is the pool's
 status; `next_admitted(pool, members)` names the waiting dispatches a freed slot should wake, so the shell
 wakes at most as many dispatches as there are free slots, not the whole pool.
 
@@ -24,9 +30,12 @@ Deliberately not here: reading or writing pools (the controller), what a dispatc
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import datetime
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+RESUMES_PER_SECOND = 20  # the CRD's default
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,7 @@ class Pool:
     name: str
     max_concurrent: int | None = None
     exhausted_until: datetime | None = None
+    resumes_per_second: int = RESUMES_PER_SECOND
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,7 @@ class Member:
     running: bool  # holds a slot: its attempt's pod exists and the attempt has not ended
     waiting: bool  # wants to start an attempt (not terminal, not suspended, not holding a slot)
     requeued: bool = False
+    resume_at: datetime | None = None  # the `requeueAt` it holds while it waits Requeued
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,8 @@ class Gate:
     exhausted_until: datetime | None = None  # set while the pool's quota is exhausted
     full: bool = False  # no free slot for this dispatch (maxConcurrent)
     max_concurrent: int | None = None
+    resumes_per_second: int = RESUMES_PER_SECOND
+    resumes: Mapping[datetime, int] = field(default_factory=dict)  # the other members' requeueAt seconds
 
     @property
     def open(self) -> bool:
@@ -80,14 +93,51 @@ def gate(pool: Pool | None, pool_name: str, members: Iterable[Member], me: str, 
     """May dispatch `me` of pool `pool_name` start an attempt now? `pool` is None when it does not exist."""
     if pool is None:
         return Gate(pool_name, missing=True)
+    members = list(members)
+    rate, held = pool.resumes_per_second, _held(members, me, now)
     if pool.exhausted_until is not None and now < pool.exhausted_until:
-        return Gate(pool_name, exhausted_until=pool.exhausted_until, max_concurrent=pool.max_concurrent)
+        return Gate(
+            pool_name,
+            exhausted_until=pool.exhausted_until,
+            max_concurrent=pool.max_concurrent,
+            resumes_per_second=rate,
+            resumes=held,
+        )
     if pool.max_concurrent is None:
-        return Gate(pool_name)
+        return Gate(pool_name, resumes_per_second=rate, resumes=held)
     others = [m for m in members if m.name != me]
     candidate = Member(me, next((m.created for m in members if m.name == me), ""), False, True)
     admitted = next_admitted(pool, [*others, candidate])
-    return Gate(pool_name, full=me not in admitted, max_concurrent=pool.max_concurrent)
+    return Gate(
+        pool_name,
+        full=me not in admitted,
+        max_concurrent=pool.max_concurrent,
+        resumes_per_second=rate,
+        resumes=held,
+    )
+
+
+def _held(members: Iterable[Member], me: str, now: datetime) -> dict[datetime, int]:
+    """How many members other than `me` hold each `requeueAt` second still ahead."""
+    return dict(
+        Counter(
+            m.resume_at for m in members if m.name != me and m.resume_at is not None and m.resume_at > now
+        )
+    )
+
+
+def resume_at(gate: Gate, earliest: datetime) -> datetime:
+    """The first whole second from `earliest` on that fewer than the pool's `resumesPerSecond` other
+    members hold as their `requeueAt`."""
+    moment = earliest.replace(microsecond=0)
+    if moment < earliest:
+        moment += timedelta(seconds=1)
+    try:
+        while gate.resumes.get(moment, 0) >= gate.resumes_per_second:
+            moment += timedelta(seconds=1)
+    except OverflowError:  # year 9999 is full: a clock or a kubelet may report any date
+        pass
+    return moment
 
 
 @dataclass(frozen=True)
