@@ -156,7 +156,9 @@ def test_a_failure_while_the_operator_is_down_is_not_lost(operator: OperatorProc
     status = ns.status("down")
     assert status["failures"] == 1
     assert [a["exitCode"] for a in status["attempts"]] == [3]
-    # Attempt 2's pod, named first; attempt 1's is deleted once its end is recorded.
+    # Attempt 2's pod, named first; attempt 1's is deleted once its end is recorded and attempt 2 runs.
+    assert sorted(_pod_names(ns)) == ["down-1", "down-2"]
+    ns.pod_status("down-2", running(now_rfc3339()))
     eventually(lambda: _pod_names(ns) == ["down-2"], 10, "attempt 2's pod, attempt 1's deleted")
 
 
@@ -177,7 +179,9 @@ def test_a_pod_created_just_before_a_crash_is_adopted(operator: OperatorProcess,
     operator.start()
     eventually(lambda: ns.status("adopt").get("attempt") == 2, 10, "attempt 2 adopted")
     time.sleep(1.5)  # past the backoff: a duplicate would be created now
-    # adopt-1 goes: its end is recorded (the adopting decision ended it first).
+    assert sorted(_pod_names(ns)) == ["adopt-1", "adopt-2"]
+    # adopt-1 goes once adopt-2 runs: its end is recorded (the adopting decision ended it first).
+    ns.pod_status("adopt-2", running(now_rfc3339()))
     eventually(lambda: _pod_names(ns) == ["adopt-2"], 10, "adopt-2 only")
 
 
@@ -199,7 +203,9 @@ def test_a_kill_between_the_status_and_the_create_creates_exactly_the_named_pod(
     operator.start()
     eventually(lambda: "named-2" in _pod_names(ns), 10, "attempt 2's pod, as the stored status names it")
     time.sleep(1.5)  # a second decision on the same status must create nothing more
-    # named-1 goes: its end is recorded.
+    assert sorted(_pod_names(ns)) == ["named-1", "named-2"]
+    # named-1 goes once named-2 runs: its end is recorded.
+    ns.pod_status("named-2", running(now_rfc3339()))
     eventually(lambda: _pod_names(ns) == ["named-2"], 10, "named-2 only")
     stored = ns.status("named")
     assert (stored["attempt"], stored["failures"]) == (2, 1)

@@ -2,7 +2,8 @@
 
 - `spec.ttlSecondsAfterFinished` deletes a finished dispatch, and the garbage collector its pod; a
   dispatch without it stays.
-- The pods of earlier attempts are deleted once their ends are recorded; the last attempt's pod stays.
+- The pods of earlier attempts are deleted once their ends are recorded and the next attempt runs; the last
+  attempt's pod stays.
 - `kubectl fleet retry` (the real kubectl running the installed plugin) starts a Failed dispatch's new line
   of attempts; the same annotation value again, even across an operator restart, retries nothing more; the
   plugin refuses a dispatch that is not Failed; a value set by hand on one is recorded and ignored.

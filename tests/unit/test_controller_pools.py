@@ -76,6 +76,7 @@ class Book:
         after = self.cache.get(("team", name))
         assert after is not None
         self.book.moved(("team", name), before.pool if before else None, after.pool)
+        self.book.written(("team", name), after)  # as the reconciler does after each cache change
 
 
 def test_a_member_holds_a_slot_while_its_attempts_pod_exists() -> None:
@@ -246,23 +247,30 @@ def test_no_write_for_a_pool_that_does_not_exist_and_a_refused_write_is_not_rais
 
 def test_a_second_decided_but_not_yet_stored_is_held_until_the_cache_shows_it() -> None:
     """The pacing of resumptions: members decided while another's status is being written see the second
-    it took; once the cache holds that status the cache alone says what it holds."""
+    it took; once the cache holds that status the cache alone says what it holds; none is held twice."""
     book = Book(quota.Pool("gpu"))
     book.add("a", phase="Running", podName="a-1")
     book.add("b", phase="Running", podName="b-1")
+    a, b = ("team", "a"), ("team", "b")
     ahead, sooner = NOW + timedelta(seconds=30), NOW + timedelta(seconds=20)
-
-    def held() -> dict[datetime, int]:
-        return dict(quota.gate(book.pool, "gpu", book.book.members(POOL, NOW), "b", NOW).resumes)
-
-    book.book.planned(("team", "a"), "Requeued", ahead)
-    assert held() == {ahead: 1}
-    other = {"phase": "Requeued", "requeueAt": format_time(sooner)}
-    book.book.written(("team", "a"), other)  # not what was decided: still being written
-    assert held() == {ahead: 1}
-    book.add("a", phase="Requeued", podName="a-1", requeueAt=format_time(ahead))
-    book.book.written(("team", "a"), {"phase": "Requeued", "requeueAt": format_time(ahead)})
+    book.book.planned(a, "gpu", "Requeued", ahead)
+    assert book.book.resumes(POOL, b) == {ahead: 1}
+    assert book.book.resumes(POOL, a) == {}  # its own second is not counted against it
+    book.add("a", phase="Running", podName="a-1", reason="Other")  # a change from before the decision
+    assert book.book.resumes(POOL, b) == {ahead: 1}  # still being written: the plan holds
+    book.add("a", phase="Requeued", podName="a-1", requeueAt=format_time(ahead))  # the write landed
+    assert book.book.resumes(POOL, b) == {ahead: 1}
     book.add("a", phase="Requeued", podName="a-1", requeueAt=format_time(sooner))  # changed since
-    assert held() == {sooner: 1}  # the plan was done: the cache says
-    book.book.planned(("team", "a"), "Pending", None)  # its next decision starts the attempt
-    assert held() == {}
+    assert book.book.resumes(POOL, b) == {sooner: 1}  # the plan was done: the cache says
+    book.book.planned(b, "gpu", "Requeued", sooner)
+    assert book.book.resumes(POOL, ("team", "c")) == {sooner: 2}
+    assert [m.resume_at for m in sorted(book.book.members(POOL, NOW), key=lambda m: m.name)] == [sooner] * 2
+    book.book.planned(a, "gpu", "Pending", None)  # its next decision starts the attempt
+    assert book.book.resumes(POOL, ("team", "c")) == {sooner: 1}
+
+    async def leave() -> None:
+        book.book.left(b, "gpu")
+        book.book.close()
+
+    asyncio.run(leave())
+    assert book.book.resumes(POOL, ("team", "c")) == {}

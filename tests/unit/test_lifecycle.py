@@ -554,7 +554,9 @@ def test_infrastructure_failures_retry_without_spending_max_attempts() -> None:
     assert d.status.attempts[-1].message == "The node was low on resource: memory."
     d = flow.step(T0 + s(120), evicted)
     assert d.create == AttemptRequest(3, True, None)
-    assert d.delete == ("job-2",)  # the earlier attempt's pod, its end recorded
+    assert d.delete == ()  # the earlier attempt's pod goes once attempt 3 runs
+    d = flow.step(T0 + s(121), evicted, active(3, T0 + s(121)))
+    assert d.delete == ("job-2",)  # its end recorded
 
     # Deleted by someone: the pod is still stopping, and the operator does not delete it again.
     deleting = active(3, T0 + s(121), deleting=T0 + s(200))
@@ -932,7 +934,7 @@ def test_a_pod_of_a_later_attempt_is_adopted_not_created_again() -> None:
     assert flow.status.deadline is not None  # attempt 1's
     d = flow.step(T0 + s(30), p1, created(2))
     st_ = d.status
-    assert (d.create, d.delete) == (None, ("job-1",))  # not created again; job-1's end is recorded
+    assert (d.create, d.delete) == (None, ())  # not created again; job-1 goes once job-2 runs
     assert (st_.phase, st_.attempt, st_.pod_name, st_.requeue_at, st_.failures) == (
         "Pending",
         2,
@@ -941,8 +943,8 @@ def test_a_pod_of_a_later_attempt_is_adopted_not_created_again() -> None:
         1,
     )
     assert (st_.reason, st_.deadline, st_.deadline_cap) == ("Adopted", None, None)
-    d = flow.step(T0 + s(40), active(2, T0 + s(31)))
-    assert (d.status.phase, d.status.deadline) == ("Running", T0 + s(33 + 3600))
+    d = flow.step(T0 + s(40), p1, active(2, T0 + s(31)))
+    assert (d.status.phase, d.status.deadline, d.delete) == ("Running", T0 + s(33 + 3600), ("job-1",))
     flow.settled(T0 + s(41), active(2, T0 + s(31)))
 
 

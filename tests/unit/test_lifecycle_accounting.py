@@ -353,14 +353,16 @@ def test_a_kill_between_the_status_write_and_the_create_creates_exactly_the_name
         cluster.faults[:] = ["kill-after"]  # the status naming attempt 2 is stored; the operator dies
         await operator.reconcile()
         assert (cluster.dispatch["status"]["podName"], cluster.created) == ("job-2", ["job-1"])
-        # After the restart: the status write, then the create commits and its answer is lost (job-1,
-        # whose end is recorded, is deleted after the create: not this time).
+        # After the restart: the status write, then the create commits and its answer is lost.
         cluster.faults[:] = ["ok", "fail-after"]
         await operator.reconcile()
         assert cluster.created == ["job-1", "job-2"]
-        assert "deletionTimestamp" not in cluster.pods["job-1"]["metadata"]
-        await operator.reconcile()  # the create again: AlreadyExists, adopted; job-1 deleted; nothing else
+        await operator.reconcile()  # the create again: AlreadyExists, adopted; nothing else
         assert cluster.created == ["job-1", "job-2"]
+        assert "deletionTimestamp" not in cluster.pods["job-1"]["metadata"]
+        cluster.kubelet()  # job-2 runs: job-1, whose end is recorded, goes
+        operator.watch()
+        await operator.reconcile()
         assert "deletionTimestamp" in cluster.pods["job-1"]["metadata"]
         assert [r["attempt"] for r in cluster.dispatch["status"]["attempts"]] == [1]
         assert cluster.dispatch["status"]["attempt"] == 2

@@ -146,7 +146,7 @@ def test_a_running_dispatch_has_no_expiry() -> None:
 # --- the pods of earlier attempts ------------------------------------------------------------------------
 
 
-def test_an_earlier_attempts_pod_goes_once_the_next_attempt_starts_and_the_last_stays() -> None:
+def test_an_earlier_attempts_pod_goes_once_the_next_attempt_runs_and_the_last_stays() -> None:
     flow = Flow(spec_of(retry={"maxAttempts": 3, "backoff": NO_JITTER}))
     flow.step(T0)
     flow.step(T0 + s(5), active(1, T0))
@@ -155,9 +155,23 @@ def test_an_earlier_attempts_pod_goes_once_the_next_attempt_starts_and_the_last_
     assert (d.status.phase, d.delete) == ("Backoff", ())
     d = flow.step(T0 + s(60), exited(1, 1))
     assert d.create == AttemptRequest(2, False, None)
-    assert d.delete == ("job-1",)
+    # Attempt 2 is starting: the clean-up waits (many attempts starting at once wait for no delete).
+    assert d.delete == ()
+    assert flow.step(T0 + s(61), exited(1, 1), make_pod("job-2", 2, phase="Pending")).delete == ()
+    d = flow.step(T0 + s(62), exited(1, 1), active(2, T0 + s(61)))
+    assert (d.status.phase, d.delete) == ("Running", ("job-1",))
     d = flow.step(T0 + s(70), exited(2, 0, at=T0 + s(61)))
     assert (d.status.phase, d.delete) == ("Succeeded", ())
+
+
+def test_an_earlier_attempts_pod_goes_when_the_next_attempt_ends_before_it_ran() -> None:
+    flow = Flow(spec_of(retry={"maxAttempts": 3, "backoff": NO_JITTER}))
+    flow.step(T0)
+    flow.step(T0 + s(5), active(1, T0))
+    flow.step(T0 + s(50), exited(1, 1))
+    assert flow.step(T0 + s(60), exited(1, 1)).create == AttemptRequest(2, False, None)
+    d = flow.step(T0 + s(70), exited(1, 1), exited(2, 1, at=T0 + s(61)))
+    assert (d.status.phase, d.delete) == ("Backoff", ("job-1",))
 
 
 def test_a_pod_whose_end_is_not_recorded_is_not_deleted() -> None:

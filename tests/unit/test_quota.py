@@ -143,19 +143,22 @@ def test_resume_at_year_9999_full_is_the_last_second() -> None:
     assert quota.resume_at(quota.Gate("p", resumes_per_second=1, resumes={last: 1}), last) == last
 
 
-def test_the_gate_counts_the_seconds_other_members_hold_still_ahead() -> None:
+def test_the_gate_counts_the_seconds_other_members_hold() -> None:
     ahead, past = NOW + timedelta(seconds=3), NOW - timedelta(seconds=3)
     members = [
         quota.Member("a", "1", False, False, True, ahead),
         quota.Member("b", "2", False, False, True, ahead),
         quota.Member("me", "3", False, False, True, ahead),  # its own second is free for it
-        quota.Member("c", "4", False, True, True, past),  # due: holds nothing ahead
+        quota.Member("c", "4", False, True, True, past),  # a second gone by: never looked at again
         quota.Member("d", "5", False, True),
     ]
     pool = quota.Pool("p", resumes_per_second=7, exhausted_until=NOW + timedelta(seconds=1))
     gate = quota.gate(pool, "p", members, "me", NOW)
-    assert (gate.resumes, gate.resumes_per_second) == ({ahead: 2}, 7)
-    assert quota.gate(quota.Pool("p", max_concurrent=9), "p", members, "me", NOW).resumes == {ahead: 2}
+    assert (gate.resumes, gate.resumes_per_second) == ({ahead: 2, past: 1}, 7)
+    bounded = quota.Pool("p", max_concurrent=9)
+    assert quota.gate(bounded, "p", members, "me", NOW).resumes == {ahead: 2, past: 1}
+    counted = {ahead: 5}  # as the controller keeps them
+    assert quota.gate(bounded, "p", members, "me", NOW, resumes=counted).resumes == counted
 
 
 def test_members_stopping_for_one_reset_are_given_paced_seconds() -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -39,10 +40,9 @@ PatchStatus = Callable[[str, dict[str, Any]], Awaitable[Any]]
 Plan = tuple[str | None, datetime | None]  # a decided status's phase and requeueAt
 
 
-def member(name: str, cached: Cached, now: datetime, planned: Plan | None = None) -> quota.Member:
-    """Dispatch `name` as its pool's gate sees it, from its cached status; the second it holds for its next
-    attempt (`resume_at`) is the one decided for it (`planned`: phase and requeueAt) while that status is
-    being written."""
+def member(name: str, cached: Cached, now: datetime, resume_at: datetime | None = None) -> quota.Member:
+    """Dispatch `name` as its pool's gate sees it, from its cached status, holding `resume_at` (the
+    book's account of the second it holds, which may be decided and not yet stored)."""
     st = cached.status
     phase, pod, until = st.get("phase"), st.get("podName"), st.get("requeueAt")
     at = parse_time(until) if until is not None else None
@@ -51,8 +51,6 @@ def member(name: str, cached: Cached, now: datetime, planned: Plan | None = None
     waiting = phase is None or (phase == "Pending" and not running) or (phase in lifecycle.WAITING and due)
     if cached.parsed.spec is not None and cached.parsed.spec.suspend:
         waiting = False
-    held_phase, held = planned if planned is not None else (phase, at)
-    resume_at = held if held_phase == "Requeued" else None
     return quota.Member(name, cached.created, running, waiting, phase == "Requeued", resume_at)
 
 
@@ -78,6 +76,10 @@ class PoolBook:
         self._writes: dict[Key, asyncio.TimerHandle] = {}
         self._locks: dict[Key, asyncio.Lock] = {}
         self._plans: dict[Key, Plan] = {}  # dispatch -> the phase and requeueAt decided, being written
+        # The requeueAt seconds held, counted as they change (a gate reads them without a pass over the
+        # members: a pass per reconcile made a pool's cost its members squared).
+        self._holding: dict[Key, tuple[Key, datetime]] = {}  # dispatch -> (its pool, the second it holds)
+        self._held: dict[Key, Counter[datetime]] = {}  # pool -> how many members hold each second
         self._background: set[asyncio.Task[None]] = set()
 
     # --- membership ----------------------------------------------------------------------------------
@@ -94,18 +96,50 @@ class PoolBook:
         """Dispatch `key` of `pool` was deleted: its slot, if it held one, is free."""
         self._members.get((key[0], pool), set()).discard(key[1])
         self._plans.pop(key, None)
+        self._hold(key, None, None)
         self.changed((key[0], pool))
 
-    def planned(self, key: Key, phase: str | None, requeue_at: datetime | None) -> None:
-        """The status just decided for member `key`, until the cache holds it (`written`): the members
-        decided meanwhile see the `requeueAt` second it took (the pacing of resumptions)."""
+    def planned(self, key: Key, pool: str, phase: str | None, requeue_at: datetime | None) -> None:
+        """The status just decided for member `key` of `pool`, until the cache holds it (`written`): the
+        members decided meanwhile see the `requeueAt` second it took (the pacing of resumptions)."""
         self._plans[key] = (phase, requeue_at)
+        self._hold(key, (key[0], pool), requeue_at if phase == "Requeued" else None)
 
-    def written(self, key: Key, status: Mapping[str, Any]) -> None:
-        """The cache now holds `status` for `key`: a plan it shows is done."""
+    def written(self, key: Key, cached: Cached | None) -> None:
+        """The cache now holds `cached` for `key`: the second it holds follows it, unless a status decided
+        since is still being written (a plan the cache does not show yet)."""
+        if cached is None or cached.pool is None:
+            self._plans.pop(key, None)
+            self._hold(key, None, None)
+            return
+        phase, at = cached.status.get("phase"), parse_time(cached.status.get("requeueAt"))
         plan = self._plans.get(key)
-        if plan is not None and plan == (status.get("phase"), parse_time(status.get("requeueAt"))):
+        if plan is not None:
+            if plan != (phase, at):
+                return
             del self._plans[key]
+        self._hold(key, (key[0], cached.pool), at if phase == "Requeued" else None)
+
+    def _hold(self, key: Key, pool_key: Key | None, at: datetime | None) -> None:
+        before = self._holding.pop(key, None)
+        if before is not None:
+            counts = self._held[before[0]]
+            counts[before[1]] -= 1
+            if counts[before[1]] <= 0:
+                del counts[before[1]]
+        if pool_key is not None and at is not None:
+            self._holding[key] = (pool_key, at)
+            self._held.setdefault(pool_key, Counter())[at] += 1
+
+    def resumes(self, pool_key: Key, key: Key) -> dict[datetime, int]:
+        """The requeueAt seconds the members of the pool other than `key` hold, and how many each."""
+        held = dict(self._held.get(pool_key, ()))
+        mine = self._holding.get(key)
+        if mine is not None and mine[0] == pool_key:
+            held[mine[1]] -= 1
+            if held[mine[1]] <= 0:
+                del held[mine[1]]
+        return held
 
     def member_names(self, pool_key: Key) -> set[str]:
         return set(self._members.get(pool_key, ()))
@@ -117,7 +151,8 @@ class PoolBook:
             key = (pool_key[0], name)
             cached = self.cache.get(key)
             if cached is not None:
-                found.append(member(name, cached, now, self._plans.get(key)))
+                holding = self._holding.get(key)
+                found.append(member(name, cached, now, holding[1] if holding is not None else None))
         return found
 
     def lock(self, pool_key: Key) -> asyncio.Lock:
@@ -142,9 +177,10 @@ class PoolBook:
             self.schedule_write(pool_key)
 
     def changed(self, pool_key: Key) -> None:
-        """A member's phase changed: wake the dispatches a freed slot admits, and recount the pool."""
+        """A member's phase changed: wake the dispatches a freed slot admits, and recount the pool. A pool
+        without `maxConcurrent` has no slots: its waiting members wait for their own time or the pool's."""
         pool = self.lookup(pool_key)
-        if pool is not None:
+        if pool is not None and pool.max_concurrent is not None:
             for name in quota.next_admitted(pool, self.members(pool_key, self.clock())):
                 self.enqueue((pool_key[0], name))
         self.schedule_write(pool_key)

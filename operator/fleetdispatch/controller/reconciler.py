@@ -245,8 +245,7 @@ class Reconciler:
         self.pools.moved(
             key, before.pool if before is not None else None, after.pool if after is not None else None
         )
-        if after is not None and after.pool is not None:
-            self.pools.written(key, after.status)
+        self.pools.written(key, after)
         return True
 
     # --- one reconcile -------------------------------------------------------------------------------
@@ -276,9 +275,11 @@ class Reconciler:
         heartbeat = await self._heartbeat(key, status, now)
         gate = None
         if pool_key is not None:
-            gate = quota.gate(
-                self.pools.lookup(pool_key), pool_key[1], self.pools.members(pool_key, now), key[1], now
-            )
+            pool = self.pools.lookup(pool_key)
+            # Only admission to a bounded pool reads the other members; pacing reads the seconds held.
+            members = self.pools.members(pool_key, now) if pool is not None and pool.max_concurrent else []
+            resumes = self.pools.resumes(pool_key, key)
+            gate = quota.gate(pool, pool_key[1], members, key[1], now, resumes=resumes)
         dispatch = lifecycle.Dispatch(
             name=key[1],
             namespace=key[0],
@@ -296,7 +297,7 @@ class Reconciler:
         decision = lifecycle.reconcile(dispatch, pods, now, self.limits)
         if pool_key is not None:
             # From the gate to here nothing awaits: the next member decided sees the second this one took.
-            self.pools.planned(key, decision.status.phase, decision.status.requeue_at)
+            self.pools.planned(key, pool_key[1], decision.status.phase, decision.status.requeue_at)
         # The status first, then the pods: an attempt's pod is created only once the status that names it
         # (and records the previous attempt's end) is stored, and only from a decision made on the stored
         # status: the write carries the resourceVersion decided on, even when it changes nothing.
@@ -392,7 +393,7 @@ class Reconciler:
             dataclasses.replace(dispatch, status=status, **changes), pods, now, self.limits
         )
         if stored.pool is not None:
-            self.pools.planned(key, again.status.phase, again.status.requeue_at)
+            self.pools.planned(key, stored.pool, again.status.phase, again.status.requeue_at)
         patch = status_patch(stored.status, again.status)
         if patch and not await self._write_status(key, stored.resource_version, patch):
             return None

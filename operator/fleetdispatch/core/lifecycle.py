@@ -72,7 +72,8 @@ Pending to Running is mirrored from the pod and has none, because the kubelet's 
 pod already says so, and a write saved per dispatch is a write saved per campaign member.
 
 Clean-up. The pods of earlier attempts are deleted once their end is recorded in `status.attempts` (or
-their record has aged out of that bounded history); the last attempt's pod stays, for its logs. With
+their record has aged out of that bounded history) and the current attempt is past `Pending`; the last
+attempt's pod stays, for its logs. With
 `spec.ttlSecondsAfterFinished`, a finished dispatch is deleted that long after its `completionTime`
 (`Decision.delete_dispatch`; its pods and an owned workspace claim go with it through the garbage
 collector): decided only on a stored terminal status, so the status and Events of the end are written
@@ -384,6 +385,10 @@ class _Reconcile:
         """The pods of attempts before the last, once their end is recorded: the status holds what they
         said; the last attempt's pod stays for its logs."""
         s = self.status
+        if s.phase == "Pending" and s.pod_name is not None:
+            # Its attempt is starting: the clean-up waits until it runs (or ends), so that many attempts
+            # starting at once (a pool's members after a reset) do not wait for deletes too.
+            return
         ended = {record.attempt for record in s.attempts if record.outcome is not None}
         # The history is bounded, oldest first: an attempt older than its oldest record was recorded.
         oldest = min((record.attempt for record in s.attempts), default=None)

@@ -89,12 +89,22 @@ def next_admitted(pool: Pool, members: Iterable[Member]) -> list[str]:
     return [m.name for m in waiting[:free]]
 
 
-def gate(pool: Pool | None, pool_name: str, members: Iterable[Member], me: str, now: datetime) -> Gate:
-    """May dispatch `me` of pool `pool_name` start an attempt now? `pool` is None when it does not exist."""
+def gate(
+    pool: Pool | None,
+    pool_name: str,
+    members: Iterable[Member],
+    me: str,
+    now: datetime,
+    *,
+    resumes: Mapping[datetime, int] | None = None,
+) -> Gate:
+    """May dispatch `me` of pool `pool_name` start an attempt now? `pool` is None when it does not exist.
+    `resumes`: the requeueAt seconds the other members hold (by default counted from `members`; the
+    controller keeps them counted, and passes the members only for `maxConcurrent`)."""
     if pool is None:
         return Gate(pool_name, missing=True)
     members = list(members)
-    rate, held = pool.resumes_per_second, _held(members, me, now)
+    rate, held = pool.resumes_per_second, held_seconds(members, me) if resumes is None else resumes
     if pool.exhausted_until is not None and now < pool.exhausted_until:
         return Gate(
             pool_name,
@@ -117,13 +127,9 @@ def gate(pool: Pool | None, pool_name: str, members: Iterable[Member], me: str, 
     )
 
 
-def _held(members: Iterable[Member], me: str, now: datetime) -> dict[datetime, int]:
-    """How many members other than `me` hold each `requeueAt` second still ahead."""
-    return dict(
-        Counter(
-            m.resume_at for m in members if m.name != me and m.resume_at is not None and m.resume_at > now
-        )
-    )
+def held_seconds(members: Iterable[Member], me: str) -> dict[datetime, int]:
+    """How many members other than `me` hold each `requeueAt` second."""
+    return dict(Counter(m.resume_at for m in members if m.name != me and m.resume_at is not None))
 
 
 def resume_at(gate: Gate, earliest: datetime) -> datetime:
