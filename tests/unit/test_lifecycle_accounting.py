@@ -102,6 +102,7 @@ class Cluster:
         *,
         content_type: str = "application/json",
         params: Mapping[str, str] | None = None,
+        decode: bool = True,
     ) -> dict[str, Any]:
         fault = self.faults.pop(0) if self.faults else "ok"
         if fault == "fail-before":

@@ -119,7 +119,10 @@ class KubeApi:
         *,
         content_type: str = "application/json",
         params: Mapping[str, str] | None = None,
+        decode: bool = True,
     ) -> dict[str, Any]:
+        """The API server's answer, decoded; with `decode=False` an answer that succeeded is read and
+        dropped (`{}`: the caller needs only that it succeeded, and a 4 KB object costs a decode)."""
         headers = await self._headers()
         if body is not None:
             headers["Content-Type"] = content_type
@@ -129,6 +132,9 @@ class KubeApi:
             self.counts[(method, response.status)] += 1
             if self._on_response is not None:
                 self._on_response(method, response.status)
+            if not decode and response.status < 400:
+                await response.read()
+                return {}
             try:
                 payload = await response.json(content_type=None)
             except ValueError:

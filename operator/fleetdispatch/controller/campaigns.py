@@ -229,7 +229,7 @@ class Campaigns:
             body = core.dispatch_for(name, stored.uid, spec, item)
             async with gate:
                 try:
-                    await self.api.request("POST", path, body)
+                    await self.api.request("POST", path, body, decode=False)
                 except ApiError as error:
                     if error.status != 409:
                         raise
@@ -321,7 +321,7 @@ class Campaigns:
             "count": 1,
         }
         try:
-            await self.api.request("POST", names.EVENTS.path(namespace), body)
+            await self.api.request("POST", names.EVENTS.path(namespace), body, decode=False)
         except (TimeoutError, ApiError, OSError) as error:
             logger.warning("cannot post an Event for campaign %s/%s: %s", namespace, name, error)
 

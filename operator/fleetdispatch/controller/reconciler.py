@@ -553,7 +553,7 @@ class Reconciler:
     async def _delete_pod(self, namespace: str, name: str) -> None:
         try:
             await self.api.request(
-                "DELETE", names.PODS.path(namespace, name), {"propagationPolicy": "Background"}
+                "DELETE", names.PODS.path(namespace, name), {"propagationPolicy": "Background"}, decode=False
             )
         except ApiError as error:
             if error.status != 404:
@@ -573,6 +573,6 @@ class Reconciler:
     async def _post_event(self, dispatch: lifecycle.Dispatch, event: lifecycle.Event) -> None:
         body = event_body(dispatch, event, self.clock(), self._instance)
         try:
-            await self.api.request("POST", names.EVENTS.path(dispatch.namespace), body)
+            await self.api.request("POST", names.EVENTS.path(dispatch.namespace), body, decode=False)
         except (TimeoutError, ApiError, OSError) as error:
             logger.warning("cannot post an Event for %s/%s: %s", dispatch.namespace, dispatch.name, error)

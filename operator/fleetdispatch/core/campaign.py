@@ -24,7 +24,6 @@ shell may, at most once per interval).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -218,19 +217,26 @@ def _set_conditions(  # noqa: PLR0917 - the one loop both statuses share
 
 def dispatch_for(campaign: str, uid: str, spec: FleetCampaignSpec, item: CampaignItem) -> dict[str, Any]:
     """The FleetDispatch of one item: the template's metadata and spec, the campaign's labels and owner
-    reference, the item's variables (and `FLEET_ITEM`) in the session container, the campaign's suspend."""
+    reference, the item's variables (and `FLEET_ITEM`) in the session container, the campaign's suspend.
+
+    Only the path to the session container's `env` is copied (a deep copy per item was a sixth of a
+    campaign's own cost at 2,000 items): the rest is the template's, shared, so the body is to be
+    serialised, not changed."""
     template = spec.template
     assert template is not None, "validated: a campaign with items has a template"
-    body = copy.deepcopy(template.spec)
-    body["suspend"] = spec.suspend
-    pod_spec = body.get("template", {}).get("spec", {})
-    containers = pod_spec.get("containers") or []
-    index = names.session_container([str(c.get("name", "")) for c in containers])
-    if index is not None:
-        added = {names.ITEM_ENV: item.name, **item.env}
-        session = containers[index]
-        env = [e for e in session.get("env") or [] if e.get("name") not in added]
-        session["env"] = env + [{"name": key, "value": value} for key, value in added.items()]
+    body = {**template.spec, "suspend": spec.suspend}
+    pod_template = body.get("template")
+    pod_spec = pod_template.get("spec") if isinstance(pod_template, dict) else None
+    containers = pod_spec.get("containers") if isinstance(pod_spec, dict) else None
+    if isinstance(pod_template, dict) and isinstance(pod_spec, dict) and isinstance(containers, list):
+        index = names.session_container([str(c.get("name", "")) for c in containers])
+        if index is not None:
+            added = {names.ITEM_ENV: item.name, **item.env}
+            session = containers[index]
+            env = [e for e in session.get("env") or [] if e.get("name") not in added]
+            containers = list(containers)
+            containers[index] = {**session, "env": env + [{"name": k, "value": v} for k, v in added.items()]}
+            body["template"] = {**pod_template, "spec": {**pod_spec, "containers": containers}}
     return {
         "apiVersion": names.API_VERSION,
         "kind": "FleetDispatch",
