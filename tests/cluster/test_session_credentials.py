@@ -301,6 +301,11 @@ def credential_probe() -> None:
     # The control: a child of our own, dumpable and of our UID, with a canary in its environment.
     child = subprocess.Popen(["sleep", "60"], env={**os.environ, "PROBE_CANARY": CANARY})
     try:
+        # Read once it shows its command line: under load, /proc showed it mid-exec, without one or an
+        # environment (CI run of 2026-12-01).
+        shown = time.monotonic() + 10
+        while time.monotonic() < shown and not others().get(str(child.pid)):
+            time.sleep(0.01)
         rounds = {"settled": round_of_tries(str(child.pid))}
     finally:
         child.kill()
