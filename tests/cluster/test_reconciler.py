@@ -16,7 +16,7 @@ from typing import TypeVar
 import pytest
 
 from fleetdispatch.api.settings import OperatorSettings
-from fleetdispatch.client.kubeapi import Credentials, KubeApi
+from fleetdispatch.client.kubeapi import ApiError, Credentials, KubeApi
 from fleetdispatch.controller.metrics import Metrics
 from fleetdispatch.controller.reconciler import Reconciler
 from fleetdispatch.devcluster.stack import BackgroundCluster
@@ -130,3 +130,23 @@ def test_a_dispatch_deleted_before_its_status_is_written_is_no_error(
         assert reconciler.cache.get(key) is None
 
     with_reconciler(cluster, step)
+
+
+def test_an_answer_not_decoded_is_empty_and_a_refusal_still_says_why(
+    cluster: BackgroundCluster, ns: Namespace
+) -> None:
+    """`KubeApi.request(decode=False)`, as the Events and deletes use it: a success gives `{}` (the object
+    is created all the same), an error the API server's reason and message."""
+
+    async def step(reconciler: Reconciler) -> None:
+        about = {"kind": "Pod", "name": "p", "namespace": ns.name}
+        event = {"metadata": {"name": "probe"}, "involvedObject": about}
+        path = f"/api/v1/namespaces/{ns.name}/events"
+        assert await reconciler.api.request("POST", path, event, decode=False) == {}
+        with pytest.raises(ApiError) as refused:
+            await reconciler.api.request("POST", path, event, decode=False)
+        assert (refused.value.status, refused.value.reason) == (409, "AlreadyExists")
+        assert "probe" in refused.value.message
+
+    with_reconciler(cluster, step)
+    assert ns.kube.request("GET", f"/api/v1/namespaces/{ns.name}/events/probe")["metadata"]["name"] == "probe"

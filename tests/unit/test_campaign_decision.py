@@ -169,11 +169,15 @@ def test_dispatch_for_an_item() -> None:
     campaign_spec = parse_campaign_spec(
         {
             "template": {**TEMPLATE, "metadata": {"labels": {"team": "a"}, "annotations": {"note": "n"}}},
-            "items": [{"name": "x", "env": {"A": "item", "B": "2"}}],
+            "items": [{"name": "x", "env": {"A": "item", "B": "2"}}, {"name": "y"}],
             "suspend": True,
         }
     )
     body = core.dispatch_for("c", "uid-1", campaign_spec, campaign_spec.items[0])
+    # The bodies share the template's unchanged parts: building the next one changes none of this one.
+    other = core.dispatch_for("c", "uid-1", campaign_spec, campaign_spec.items[1])
+    other_session = other["spec"]["template"]["spec"]["containers"][0]
+    assert other_session["env"][-1] == {"name": "FLEET_ITEM", "value": "y"}
     assert body["metadata"]["name"] == "c-x"
     assert body["metadata"]["labels"] == {"team": "a", names.CAMPAIGN_LABEL: "c", names.ITEM_LABEL: "x"}
     assert body["metadata"]["annotations"] == {"note": "n"}

@@ -141,6 +141,8 @@ def test_resume_at_is_the_first_second_from_the_earliest_with_room(
 def test_resume_at_year_9999_full_is_the_last_second() -> None:
     last = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
     assert quota.resume_at(quota.Gate("p", resumes_per_second=1, resumes={last: 1}), last) == last
+    # Rounding up past the last second does not raise either: the last second it is.
+    assert quota.resume_at(quota.Gate("p"), last.replace(microsecond=500_000)) == last
 
 
 def test_the_gate_counts_the_seconds_other_members_hold() -> None:

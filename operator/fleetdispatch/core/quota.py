@@ -35,7 +35,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-RESUMES_PER_SECOND = 20  # the CRD's default
+from fleetdispatch.api.models import QuotaPoolSpec
+
+# The default of `spec.resumesPerSecond` (one definition: the model's; the CRD's agrees: test_api_contract).
+RESUMES_PER_SECOND: int = QuotaPoolSpec.model_fields["resumes_per_second"].default
 
 
 @dataclass(frozen=True)
@@ -136,12 +139,12 @@ def resume_at(gate: Gate, earliest: datetime) -> datetime:
     """The first whole second from `earliest` on that fewer than the pool's `resumesPerSecond` other
     members hold as their `requeueAt`."""
     moment = earliest.replace(microsecond=0)
-    if moment < earliest:
-        moment += timedelta(seconds=1)
     try:
+        if moment < earliest:
+            moment += timedelta(seconds=1)
         while gate.resumes.get(moment, 0) >= gate.resumes_per_second:
             moment += timedelta(seconds=1)
-    except OverflowError:  # year 9999 is full: a clock or a kubelet may report any date
+    except OverflowError:  # past year 9999: a clock or a kubelet may report any date
         pass
     return moment
 
